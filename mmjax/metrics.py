@@ -1,0 +1,89 @@
+"""Metric writers: one JSON object per line in ``metrics.jsonl`` plus TensorBoard scalars.
+
+Every record carries ``step``, ``epoch`` and ``split`` (``train``, ``val``, ``test``) and flat
+metric keys: ``loss/<head>``, ``accuracy/<head>`` and each method's own keys under its name
+(``gblend/weight/<head>``, ``greedy/d_speed``, ...). TensorBoard gets the same scalars under
+``<split>/<key>`` in ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+def _to_python(value: Any) -> float | int:
+  value = np.asarray(value).item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return value  # json writes NaN/Infinity, which Python's json reads back.
+  return value
+
+
+class MetricWriter:
+  """Appends metric records to ``metrics.jsonl`` and TensorBoard event files of a run."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), flush_secs=30)
+
+  def write(self, step: int, epoch: int, split: str, scalars: Mapping[str, Any]) -> dict:
+    """Writes one record; returns it as written."""
+    record = {'step': int(step), 'epoch': int(epoch), 'split': split}
+    record.update({k: _to_python(v) for k, v in scalars.items()})
+    with open(self.path, 'a', encoding='utf-8') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for key, value in record.items():
+        if key not in ('step', 'epoch', 'split'):
+          self._tb.add_scalar(f'{split}/{key}', value, global_step=int(step))
+    return record
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Reads every record of a run's ``metrics.jsonl`` (an empty list when there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops records written after ``last_step``: used when a run resumes from a checkpoint.
+
+  Records of the epochs a resumed run repeats are written again by that run, so
+  ``metrics.jsonl`` of a resumed run equals that of an uninterrupted one.
+  """
+  records = read_metrics(workdir)
+  kept = [r for r in records if r['step'] <= last_step]
+  if len(kept) == len(records):
+    return
+  path = os.path.join(workdir, METRICS_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)
+
+
+def select(records: Iterable[Mapping[str, Any]], split: str) -> list[Mapping[str, Any]]:
+  """The records of one split, in the order written."""
+  return [r for r in records if r['split'] == split]

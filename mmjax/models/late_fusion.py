@@ -1,0 +1,137 @@
+"""Late fusion with one classifier head per modality and one on the fused features.
+
+This is the architecture of Wang et al. (2020), Fig. 2c: each modality ``m`` has an encoder
+``phi_m``; the fused head classifies the concatenation (or sum) of all encoders' features,
+and each modality has its own linear head on its encoder's features, giving the ``k``
+uni-modal losses plus the multi-modal loss that Gradient Blending weighs (Eq. 6).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+FUSED = 'fused'
+FUSIONS = ('concat', 'sum')
+
+
+def scale_gradient(x: Array, scale: Array) -> Array:
+  """Returns ``x`` unchanged; the gradient flowing back through it is multiplied by ``scale``.
+
+  ``stop_gradient(x) + scale * (x - stop_gradient(x))``: the forward value is ``x`` exactly,
+  the derivative with respect to ``x`` is ``scale``. ``scale`` may be traced.
+  """
+  detached = jax.lax.stop_gradient(x)
+  return detached + jnp.asarray(scale, x.dtype) * (x - detached)
+
+
+class LateFusionClassifier(nn.Module):
+  """Encoders per modality, a linear head per modality and an MLP head on the fused features.
+
+  Attributes:
+    encoders: modality name -> encoder (see :mod:`mmjax.models.encoders`); its order is the
+      order of ``modalities`` and of the concatenation.
+    num_classes: number of classes ``C``.
+    fusion: ``'concat'`` (features concatenated) or ``'sum'`` (features added; every encoder
+      must then have the same ``features``).
+    fused_hidden: widths of the fused head's hidden ``Dense`` + ReLU layers before its
+      prediction layer (Wang et al. use two FC layers on the concatenated features).
+    fused_dropout: dropout rate on the fused features (the dropout baseline of Wang et al.,
+      Table 5); needs the rng ``'dropout'`` when ``train`` and the rate is positive.
+
+  Parameters: ``encoders_<m>`` (encoder of modality ``m``), ``head_<h>`` (the prediction
+  ``Dense`` of head ``h``, for ``h`` in :attr:`heads`) and ``fused_mlp_<i>`` (the ``i``-th
+  hidden layer of the fused head).
+  """
+  encoders: Mapping[str, nn.Module]
+  num_classes: int
+  fusion: str = 'concat'
+  fused_hidden: Sequence[int] = ()
+  fused_dropout: float = 0.0
+
+  def __post_init__(self):
+    if not self.encoders:
+      raise ValueError('LateFusionClassifier needs at least one encoder; got none.')
+    if FUSED in self.encoders:
+      raise ValueError(f'{FUSED!r} names the fused head and cannot be a modality; rename that modality.')
+    if self.fusion not in FUSIONS:
+      raise ValueError(f'fusion = {self.fusion!r} is not a fusion; valid fusions are {list(FUSIONS)}.')
+    if not 0.0 <= self.fused_dropout < 1.0:
+      raise ValueError(f'fused_dropout = {self.fused_dropout!r} must be in [0, 1).')
+    super().__post_init__()
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.encoders)
+
+  @property
+  def heads(self) -> tuple[str, ...]:
+    """The keys of the output: ``'fused'`` then every modality."""
+    return (FUSED, *self.modalities)
+
+  def setup(self):
+    self.head = {h: nn.Dense(self.num_classes) for h in self.heads}
+    self.fused_mlp = tuple(nn.Dense(width) for width in self.fused_hidden)
+    self.dropout = nn.Dropout(self.fused_dropout)
+
+  def __call__(self, inputs: Mapping[str, Array], *, train: bool,
+               head_grad_scale: Mapping[str, Array] | None = None) -> dict[str, Array]:
+    """Logits of every head: ``{'fused': [B, C], <modality>: [B, C], ...}``.
+
+    Args:
+      inputs: modality name -> batch; its keys must be the encoders' keys.
+      train: batch statistics and dropout when True.
+      head_grad_scale: head name -> scalar array ``s_h``. The gradient that head ``h`` sends
+        back into the encoders is multiplied by ``s_h`` (for ``'fused'``, into every encoder);
+        the forward values and the head's own gradients are unchanged. A missing head has
+        scale 1. ``s_h = 0`` makes head ``h`` a probe that learns on detached features. The
+        scales enter the computation as arrays, so a jitted caller that takes them as
+        arguments is not retraced when their values change.
+    """
+    self._check_inputs(inputs)
+    scales = head_grad_scale or {}
+    self._check_scales(scales)
+    features = {m: self.encoders[m](inputs[m], train=train) for m in self.modalities}
+
+    def for_head(h: str, x: Array) -> Array:
+      return scale_gradient(x, scales[h]) if h in scales else x
+
+    outputs = {FUSED: self._fused_logits({m: for_head(FUSED, f) for m, f in features.items()}, train)}
+    for m in self.modalities:
+      outputs[m] = self.head[m](for_head(m, features[m]))
+    return outputs
+
+  def _fused_logits(self, features: Mapping[str, Array], train: bool) -> Array:
+    if self.fusion == 'concat':
+      fused = jnp.concatenate([features[m] for m in self.modalities], axis=-1)
+    else:
+      sizes = {m: f.shape[-1] for m, f in features.items()}
+      if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"fusion = 'sum' needs every encoder to output the same number of features; got "
+            f"{sizes}. Make the encoders' 'features' equal or use fusion = 'concat'.")
+      fused = sum(features[m] for m in self.modalities)
+    fused = self.dropout(fused, deterministic=not train)
+    for layer in self.fused_mlp:
+      fused = nn.relu(layer(fused))
+    return self.head[FUSED](fused)
+
+  def _check_inputs(self, inputs: Mapping[str, Array]) -> None:
+    missing = [m for m in self.modalities if m not in inputs]
+    unexpected = [m for m in inputs if m not in self.encoders]
+    if missing or unexpected:
+      problems = [f'missing modality {m!r}' for m in missing]
+      problems += [f'unexpected modality {m!r}' for m in unexpected]
+      raise ValueError(f"inputs: {'; '.join(problems)}. The model's modalities are {list(self.modalities)}.")
+
+  def _check_scales(self, head_grad_scale: Mapping[str, Array]) -> None:
+    for h, s in head_grad_scale.items():
+      if h not in self.heads:
+        raise ValueError(f'head_grad_scale: no head named {h!r}; valid heads are {list(self.heads)}.')
+      if jnp.ndim(s) != 0:
+        raise ValueError(f'head_grad_scale[{h!r}] must be a scalar; got shape {jnp.shape(s)}.')

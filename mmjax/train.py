@@ -1,0 +1,305 @@
+"""The training loop: data -> step -> eval -> log -> checkpoint, resumable from the workdir.
+
+``train_and_evaluate(config, workdir)`` is what ``python -m mmjax.main`` calls; tests and
+notebooks call it directly. :class:`Trainer` holds what a run builds once (data, model,
+method, optimiser, compiled steps, mesh) and is what methods' host hooks receive.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from mmjax import checkpointing, config_lib, data, methods, metrics, models, optim
+from mmjax.step import TrainState, finalize_eval, make_eval_step, make_train_step
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+SPLITS = ('train', 'val', 'test')
+
+
+_DISTRIBUTED = []
+
+
+def initialize_distributed() -> None:
+  """Calls ``jax.distributed.initialize()`` once per process (runs over several hosts)."""
+  if not _DISTRIBUTED:
+    jax.distributed.initialize()
+    _DISTRIBUTED.append(True)
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Creates ``workdir``, writes ``config.json``; refuses a workdir holding another config."""
+  resolved = config_lib.to_dict(config)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'workdir {workdir!r} is not a writable directory: {e}') from None
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      previous = json.load(f)
+    changes = config_lib.diff(previous, resolved)
+    if changes:
+      raise ValueError(
+          f'workdir {workdir!r} holds a run with a different config; rerun with the same config '
+          f'to resume, or choose a new --workdir. Differences:\n  ' + '\n  '.join(changes))
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(resolved, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _check_positive_int(config: ml_collections.ConfigDict, key: str) -> int:
+  value = config[key]
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ValueError(f'{key} = {value!r} must be a positive integer.')
+  return value
+
+
+class Trainer:
+  """What a run builds once: data, model, method, optimiser, mesh and compiled steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    for key in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps'):
+      _check_positive_int(config, key)
+    self.seed = int(config.seed)
+    dataset = data.get_dataset(config.data, seed=self.seed)
+    method_cls = methods.get_method_class(config.method.name)
+    self.modalities = method_cls.model_modalities(config.method, dataset.modalities)
+    model_config = copy.deepcopy(config.model)
+    encoders = dict(model_config.encoders)
+    missing = [m for m in dataset.modalities if m not in encoders]
+    if missing:
+      raise ValueError(f'model.encoders has no encoder for modality {missing[0]!r}; the data set '
+                       f'{dataset.name!r} has modalities {list(dataset.modalities)}.')
+    with model_config.unlocked():
+      model_config.encoders = {m: encoders[m] for m in self.modalities}
+    self.model = models.build_model(model_config, self.modalities, dataset.num_classes)
+    self.heads = tuple(self.model.heads)
+    self.method = methods.build_method(config.method, self.heads, self.modalities)
+    self.dataset = self.method.prepare_data(dataset, self.seed)
+    self.input_shapes = {m: tuple(self.dataset.modality_shapes[m]) for m in self.modalities}
+
+    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.replicated = NamedSharding(self.mesh, P())
+    n_dev = self.mesh.size
+    for key in ('batch_size', 'eval_batch_size'):
+      if config[key] % n_dev:
+        raise ValueError(f'{key} = {config[key]} must be divisible by the number of devices ({n_dev}).')
+    self.train_iterator = data.TrainIterator(self.dataset.splits['train'], config.batch_size, self.seed)
+    self.steps_per_epoch = self.train_iterator.steps_per_epoch
+    self.tx = optim.build_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs)
+    self.method.setup(self)
+
+    self.train_step = make_train_step(self.model, self.method, self.tx)
+    self.eval_step = make_eval_step(self.model, self.method)
+    donate = (0,) if jax.default_backend() != 'cpu' else ()
+    self.jit_train_step = jax.jit(self.train_step, donate_argnums=donate)
+    self.jit_eval_step = jax.jit(self.eval_step)
+
+  # ----- state --------------------------------------------------------------------------------
+  def init_state(self) -> TrainState:
+    """A fresh train state, replicated over the mesh."""
+    rng = jax.random.PRNGKey(self.seed)
+    init_rng, state_rng = jax.random.split(rng)
+    example = {m: jnp.zeros((1, *s), jnp.float32) for m, s in self.input_shapes.items()}
+    variables = dict(models.init_variables(self.model, init_rng, example))
+    params = variables.pop('params')
+    state = TrainState(step=jnp.int32(0), params=params, model_state=variables,
+                       opt_state=self.tx.init(params), method_state=self.method.init_state(),
+                       rng=state_rng)
+    return jax.device_put(state, self.replicated)
+
+  # ----- data ---------------------------------------------------------------------------------
+  def check_batch(self, batch: Mapping[str, Any]) -> None:
+    """Raises a clear error when a batch does not fit the model's inputs."""
+    inputs = batch['inputs']
+    for m, shape in self.input_shapes.items():
+      if m not in inputs:
+        raise ValueError(f'batch has no modality {m!r}; the model takes {list(self.input_shapes)}.')
+      got = tuple(np.shape(inputs[m])[1:])
+      if got != shape:
+        raise ValueError(f'batch modality {m!r} has per-example shape {got}; the model was built '
+                         f'for {shape}.')
+
+  def shard(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Puts a host batch on the mesh, split over the ``data`` axis (model modalities only)."""
+    self.check_batch(batch)
+    host = dict(batch)
+    host['inputs'] = {m: batch['inputs'][m] for m in self.modalities}
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(x)), host)
+
+  def next_batch(self) -> dict[str, Any]:
+    return self.shard(self.method.extend_batch(next(self.train_iterator)))
+
+  # ----- evaluation ---------------------------------------------------------------------------
+  def evaluate(self, state: TrainState, split: str | data.Split, eval_step=None) -> dict[str, float]:
+    """Mean loss and accuracy per head over a whole split (padding masked out)."""
+    split_data = self.dataset.splits[split] if isinstance(split, str) else split
+    step_fn = eval_step or self.jit_eval_step
+    totals = None
+    for batch, mask in data.eval_batches(split_data, self.config.eval_batch_size):
+      sums = step_fn(state, self.shard(batch),
+                     jax.make_array_from_process_local_data(self.data_sharding, mask))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return finalize_eval(jax.device_get(totals))
+
+
+def _first_nonfinite(step_metrics: list[dict[str, np.ndarray]], first_step: int
+                     ) -> tuple[int, list[str]] | None:
+  """The first step with a non-finite loss, and the losses that were non-finite there."""
+  for i, m in enumerate(step_metrics):
+    bad = [k for k, v in m.items() if (k.startswith('loss/') or k == 'objective')
+           and not np.isfinite(v)]
+    if bad:
+      return first_step + i, bad
+  return None
+
+
+def _mean_metrics(step_metrics: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  keys = step_metrics[0].keys()
+  return {k: float(np.mean([m[k] for m in step_metrics])) for k in keys}
+
+
+def _postfix(means: Mapping[str, float], heads: Iterable[str]) -> dict[str, str]:
+  return {h: f"{means[f'loss/{h}']:.3f}/{means[f'accuracy/{h}']:.3f}" for h in heads}
+
+
+def _summary_table(summary: Mapping[str, Any]) -> str:
+  heads = list(summary['best_val'])
+  lines = [f"mmjax run finished: {summary['workdir']}",
+           f"best val epoch {summary['best_epoch']} (selected on accuracy/{summary['selection_head']})",
+           f"{'head':<12}{'best val acc':>14}{'test acc @best':>16}{'final test acc':>16}"]
+  for h in heads:
+    lines.append(f"{h:<12}{summary['best_val'][h]:>14.4f}{summary['test_at_best'][h]:>16.4f}"
+                 f"{summary['final_test'][h]:>16.4f}")
+  return '\n'.join(lines)
+
+
+def _summary(workdir: str, heads: tuple[str, ...], selection_head: str) -> dict[str, Any]:
+  records = metrics.read_metrics(workdir)
+  val = metrics.select(records, 'val')
+  test = {r['epoch']: r for r in metrics.select(records, 'test')}
+  if not val:
+    return {}
+  best = max(val, key=lambda r: (r[f'accuracy/{selection_head}'], -r['epoch']))
+  return {
+      'workdir': workdir,
+      'selection_head': selection_head,
+      'best_epoch': best['epoch'],
+      'best_val': {h: max(r[f'accuracy/{h}'] for r in val) for h in heads},
+      'test_at_best': {h: test[best['epoch']][f'accuracy/{h}'] for h in heads},
+      'final_test': {h: test[max(test)][f'accuracy/{h}'] for h in heads},
+  }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after_epoch: int | None = None) -> dict[str, Any]:
+  """Trains and evaluates the model described by ``config`` in ``workdir``.
+
+  Resumes from the latest checkpoint in ``workdir`` when there is one. ``stop_after_epoch``
+  ends the run after that epoch's checkpoint, as a preemption would (tests use it).
+  Returns the run summary: best val accuracy per head, test accuracy at the best-val epoch
+  and at the end.
+  """
+  if config.distributed:
+    initialize_distributed()
+  prepare_workdir(workdir, config)
+  trainer = Trainer(config)
+  method = trainer.method
+  state = trainer.init_state()
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint_keep)
+  selection_head = method.selection_head
+  start_epoch, best_val = 0, -math.inf
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, extra = restored
+    trainer.train_iterator.set_state(extra['data_iterator'])
+    start_epoch, best_val = int(extra['epoch']), float(extra['best_val'])
+    metrics.truncate_metrics(workdir, int(jax.device_get(state.step)))
+  else:
+    metrics.truncate_metrics(workdir, -1)
+  writer = metrics.MetricWriter(workdir)
+  show_bar = bool(config.progress_bar) and jax.process_index() == 0
+  try:
+    for epoch in range(start_epoch, config.num_epochs):
+      state, hook_metrics = method.on_epoch_start(trainer, state, epoch)
+      step = int(jax.device_get(state.step))
+      if hook_metrics:
+        writer.write(step, epoch, 'train', hook_metrics)
+      epoch_metrics: list[dict[str, np.ndarray]] = []
+      pending = []
+      bar = tqdm(total=trainer.steps_per_epoch, desc=f'epoch {epoch + 1}/{config.num_epochs}',
+                 disable=not show_bar, leave=False, file=sys.stderr)
+      for i in range(trainer.steps_per_epoch):
+        state, step_metrics = trainer.jit_train_step(state, trainer.next_batch())
+        pending.append(step_metrics)
+        if (i + 1) % config.log_every_steps == 0 or i + 1 == trainer.steps_per_epoch:
+          fetched = jax.device_get(pending)
+          bad = _first_nonfinite(fetched, step + len(epoch_metrics))
+          if bad is not None:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad[1])} at step {bad[0]} (epoch {epoch + 1}); the run "
+                f'stopped and its last good checkpoint (step {ckpt.latest_step()}) is intact in '
+                f'{workdir}.')
+          epoch_metrics += fetched
+          pending = []
+          bar.set_postfix(_postfix(_mean_metrics(epoch_metrics[-config.log_every_steps:]),
+                                   trainer.heads))
+        bar.update(1)
+      bar.close()
+      step = int(jax.device_get(state.step))
+      train_record = _mean_metrics(epoch_metrics)
+      train_record.update({k: float(v) for k, v in
+                           jax.device_get(method.state_metrics(state.method_state)).items()})
+      writer.write(step, epoch + 1, 'train', train_record)
+      evals = {}
+      for split in ('val', 'test'):
+        evals[split] = trainer.evaluate(state, split)
+        evals[split].update(method.eval_metrics(trainer, state, split))
+        writer.write(step, epoch + 1, split, evals[split])
+      writer.flush()
+      val_acc = evals['val'][f'accuracy/{selection_head}']
+      is_best = val_acc > best_val
+      best_val = max(best_val, val_acc)
+      extra = {'epoch': epoch + 1, 'best_val': best_val,
+               'data_iterator': trainer.train_iterator.get_state()}
+      ckpt.save(step, state, extra)
+      if is_best:
+        ckpt.save_best(step, state, extra)
+      if show_bar:
+        tqdm.write(f"epoch {epoch + 1}: train " + ' '.join(
+            f"{h}={train_record[f'accuracy/{h}']:.3f}" for h in trainer.heads) + ' | val ' +
+            ' '.join(f"{h}={evals['val'][f'accuracy/{h}']:.3f}" for h in trainer.heads),
+            file=sys.stderr)
+      if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+        break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  summary = _summary(workdir, trainer.heads, selection_head)
+  if summary and jax.process_index() == 0 and (stop_after_epoch is None or
+                                               stop_after_epoch >= config.num_epochs):
+    print(_summary_table(summary))
+  return summary
