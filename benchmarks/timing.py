@@ -1,11 +1,16 @@
-"""Shared timing helpers for the benchmark scripts (not tests: numbers depend on the machine)."""
+"""Shared timing helpers for the benchmark scripts (not tests: numbers depend on the machine).
+
+Shared machines are noisy, so compare methods with :func:`compare_train_steps`: it compiles
+every config's step first, then times them in interleaved rounds and keeps each one's best
+round, so a burst of load elsewhere hits all of them alike.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 
@@ -16,27 +21,44 @@ if ROOT not in sys.path:
 from mmjax import train  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def time_train_step(config: Any, steps: int = 20, warmup: int = 3) -> dict[str, float]:
-  """Compile time and steady-state throughput of one run's compiled train step.
+class _StepRunner:
+  """One config's compiled train step, its state and a fixed list of batches."""
 
-  The step is compiled ahead of time (``lower().compile()``) so compile time is measured
-  apart; then ``warmup`` steps run untimed and ``steps`` steps are timed on the same batch
-  stream, blocking on the result once at the end.
-  """
-  trainer = train.Trainer(config)
-  state = trainer.init_state()
-  batch = trainer.next_batch()
-  start = time.perf_counter()
-  compiled = trainer.jit_train_step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  batches = [trainer.next_batch() for _ in range(min(steps, trainer.steps_per_epoch))]
-  for i in range(warmup):
-    state, _ = compiled(state, batches[i % len(batches)])
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for i in range(steps):
-    state, out = compiled(state, batches[i % len(batches)])
-  jax.block_until_ready((state, out))
-  step_s = (time.perf_counter() - start) / steps
-  return {'compile_s': compile_s, 'step_ms': 1e3 * step_s,
-          'examples_per_s': config.batch_size / step_s}
+  def __init__(self, config: Any, steps: int):
+    self.config = config
+    trainer = train.Trainer(config)
+    self.state = trainer.init_state()
+    self.batches = [trainer.next_batch() for _ in range(min(steps, trainer.steps_per_epoch))]
+    start = time.perf_counter()
+    self.step: Callable = trainer.jit_train_step.lower(self.state, self.batches[0]).compile()
+    self.compile_s = time.perf_counter() - start
+
+  def run(self, steps: int) -> float:
+    """Seconds per step over ``steps`` steps, blocking once at the end."""
+    state = self.state
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for i in range(steps):
+      state, out = self.step(state, self.batches[i % len(self.batches)])
+    jax.block_until_ready((state, out))
+    self.state = state
+    return (time.perf_counter() - start) / steps
+
+
+def compare_train_steps(configs: Mapping[str, Any], steps: int = 20, rounds: int = 3,
+                        warmup: int = 3) -> dict[str, dict[str, float]]:
+  """Compile time, best ms/step and examples/s of each config's train step, measured together."""
+  runners = {name: _StepRunner(config, steps) for name, config in configs.items()}
+  for runner in runners.values():
+    runner.run(warmup)
+  best = {name: float('inf') for name in runners}
+  for _ in range(rounds):
+    for name, runner in runners.items():
+      best[name] = min(best[name], runner.run(steps))
+  return {name: {'compile_s': runners[name].compile_s, 'step_ms': 1e3 * best[name],
+                 'examples_per_s': configs[name].batch_size / best[name]} for name in runners}
+
+
+def time_train_step(config: Any, steps: int = 20, warmup: int = 3) -> dict[str, float]:
+  """Compile time and steady-state throughput of one config's compiled train step."""
+  return compare_train_steps({'run': config}, steps=steps, rounds=1, warmup=warmup)['run']
