@@ -146,8 +146,18 @@ class Trainer:
     self.check_batch(batch)
     host = dict(batch)
     host['inputs'] = {m: batch['inputs'][m] for m in self.modalities}
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(x)), host)
+    return jax.tree.map(self.put_global, host)
+
+  def put_global(self, x: Any) -> jax.Array:
+    """Shards a global host array over the ``data`` axis; each host passes its own rows.
+
+    Every host iterates the same global batches and contributes its slice, so several hosts
+    (``jax.distributed``) see the same data as one.
+    """
+    x = np.asarray(x)
+    rows = x.shape[0] // jax.process_count()
+    local = x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+    return jax.make_array_from_process_local_data(self.data_sharding, local, x.shape)
 
   def next_batch(self) -> dict[str, Any]:
     return self.shard(self.method.extend_batch(next(self.train_iterator)))
@@ -159,8 +169,7 @@ class Trainer:
     step_fn = eval_step or self.jit_eval_step
     totals = None
     for batch, mask in data.eval_batches(split_data, self.config.eval_batch_size):
-      sums = step_fn(state, self.shard(batch),
-                     jax.make_array_from_process_local_data(self.data_sharding, mask))
+      sums = step_fn(state, self.shard(batch), self.put_global(mask))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return finalize_eval(jax.device_get(totals))
 

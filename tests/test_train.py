@@ -225,3 +225,36 @@ def test_eight_host_devices_match_one(tmp_path):
         assert value == pytest.approx(r8[key], rel=1e-4, abs=1e-5), key
       else:
         assert value == r8[key]
+
+
+@pytest.mark.parametrize('name', ['cgmnist', 'ucimf'])
+def test_bundled_configs_train_end_to_end(tmp_path, name):
+  import importlib  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(f'configs.{name}').get_config('method=uniform,smoke')
+  config.progress_bar = False
+  config.num_epochs = 1
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  modalities = ('gray', 'color') if name == 'cgmnist' else ('fou', 'pix')
+  assert set(summary['test_at_best']) == {'fused', *modalities}
+
+
+def test_best_checkpoint_is_the_best_val_epoch(tmp_path):
+  config = tiny_synthetic_config('vanilla')
+  config.num_epochs = 3
+  workdir = str(tmp_path)
+  summary = train.train_and_evaluate(config, workdir)
+  val = metrics.select(metrics.read_metrics(workdir), 'val')
+  best_record = [r for r in val if r['epoch'] == summary['best_epoch']][0]
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  assert ckpt.best_step() == best_record['step']
+  assert ckpt.latest_step() == val[-1]['step']
+  ckpt.close()
+
+
+def test_distributed_initializes_once(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda: calls.append(1))
+  monkeypatch.setattr(train, '_DISTRIBUTED', [])
+  train.initialize_distributed()
+  train.initialize_distributed()
+  assert calls == [1]
