@@ -7,10 +7,11 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from mmjax.methods.base import Method, StepInfo
+from mmjax.methods.gblend import GradientBlending
 from mmjax.methods.weighted import Fixed, Uniform, Unimodal, Vanilla
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Vanilla, Uniform, Fixed, Unimodal)
+    cls.name: cls for cls in (Vanilla, Uniform, Fixed, Unimodal, GradientBlending)
 }
 
 
