@@ -54,7 +54,35 @@ class DenseBlock(nn.Module):
     return nn.Dropout(self.dropout)(x, deterministic=not train)
 
 
-class MLPEncoder(nn.Module):
+class StagedEncoder(nn.Module):
+  """The shared interface: ``stages``, then ``embed``.
+
+  Subclasses define ``setup`` (``self.stages`` and ``self.head``), ``stage_channels`` and
+  ``pool`` (how the last stage's output becomes a vector).
+  """
+
+  @property
+  def stage_channels(self) -> tuple[int, ...]:
+    raise NotImplementedError
+
+  @property
+  def num_stages(self) -> int:
+    return len(self.stage_channels)
+
+  def pool(self, x: Array) -> Array:
+    raise NotImplementedError
+
+  def embed(self, x: Array, *, train: bool) -> Array:
+    del train
+    return self.head(self.pool(x))
+
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    for stage in self.stages:
+      x = stage(x, train=train)
+    return self.embed(x, train=train)
+
+
+class MLPEncoder(StagedEncoder):
   """A multi-layer perceptron on ``[B, D]`` inputs (inputs with more axes are flattened).
 
   Stages: one :class:`DenseBlock` (Dense + ReLU + dropout) per entry of ``hidden``.
@@ -65,10 +93,6 @@ class MLPEncoder(nn.Module):
   dropout: float = 0.0
 
   @property
-  def num_stages(self) -> int:
-    return len(self.hidden)
-
-  @property
   def stage_channels(self) -> tuple[int, ...]:
     return tuple(self.hidden)
 
@@ -76,14 +100,9 @@ class MLPEncoder(nn.Module):
     self.stages = tuple(DenseBlock(h, self.dropout) for h in self.hidden)
     self.head = nn.Dense(self.features)
 
-  def embed(self, x: Array, *, train: bool) -> Array:
-    del train
-    return self.head(_flatten(x))
+  def pool(self, x: Array) -> Array:
+    return _flatten(x)
 
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    for stage in self.stages:
-      x = stage(x, train=train)
-    return self.embed(x, train=train)
 
 
 class ConvBlock(nn.Module):
@@ -104,7 +123,7 @@ class ConvBlock(nn.Module):
     return x
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(StagedEncoder):
   """The four-conv network of the Colored-MNIST literature (Kim et al. 2019; PMR's CGMNIST).
 
   Input NHWC (28x28 for MNIST). Four stages, one per conv block:
@@ -125,10 +144,6 @@ class SmallCNN(nn.Module):
   features: int = 512
 
   @property
-  def num_stages(self) -> int:
-    return 4
-
-  @property
   def stage_channels(self) -> tuple[int, ...]:
     return (32, 32, 64, 64)
 
@@ -141,14 +156,9 @@ class SmallCNN(nn.Module):
     )
     self.head = nn.Dense(self.features)
 
-  def embed(self, x: Array, *, train: bool) -> Array:
-    del train
-    return self.head(_global_average_pool(x))
+  def pool(self, x: Array) -> Array:
+    return _global_average_pool(x)
 
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    for stage in self.stages:
-      x = stage(x, train=train)
-    return self.embed(x, train=train)
 
 
 def _batch_norm(train: bool) -> nn.BatchNorm:
@@ -199,7 +209,7 @@ class ResNetLayer(nn.Module):
     return x
 
 
-class ResNet18(nn.Module):
+class ResNet18(StagedEncoder):
   """ResNet-18 (He et al. 2016) with a stem for small images, as used by Wu et al. (2022).
 
   BasicBlocks ``[2, 2, 2, 2]`` with channels ``width * (1, 2, 4, 8)`` and BatchNorm (collection
@@ -226,10 +236,6 @@ class ResNet18(nn.Module):
   features: int = 512
 
   @property
-  def num_stages(self) -> int:
-    return 5
-
-  @property
   def stage_channels(self) -> tuple[int, ...]:
     return (self.width, self.width, 2 * self.width, 4 * self.width, 8 * self.width)
 
@@ -243,17 +249,11 @@ class ResNet18(nn.Module):
     )
     self.head = nn.Dense(self.features)
 
-  def embed(self, x: Array, *, train: bool) -> Array:
-    del train
-    return self.head(_global_average_pool(x))
-
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    for stage in self.stages:
-      x = stage(x, train=train)
-    return self.embed(x, train=train)
+  def pool(self, x: Array) -> Array:
+    return _global_average_pool(x)
 
 
-ENCODERS: dict[str, type[nn.Module]] = {
+ENCODERS: dict[str, type[StagedEncoder]] = {
     'mlp': MLPEncoder,
     'cnn': SmallCNN,
     'resnet18': ResNet18,
