@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,12 +59,22 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """Reads every record of a run's ``metrics.jsonl`` (an empty list when there is none)."""
+  """Reads every record of a run's ``metrics.jsonl`` (an empty list when there is none).
+
+  A last line that is not complete JSON yet (a run writing it right now) is left out.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      records.append(json.loads(lines[-1]))
+    except json.JSONDecodeError:  # a line still being written by a running job
+      pass
+  return records
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
@@ -87,3 +97,29 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
 def select(records: Iterable[Mapping[str, Any]], split: str) -> list[Mapping[str, Any]]:
   """The records of one split, in the order written."""
   return [r for r in records if r['split'] == split]
+
+
+def summarize(records: Sequence[Mapping[str, Any]], heads: Sequence[str],
+              selection_head: str) -> dict[str, Any]:
+  """Best-val accuracy per head and test accuracy at the best-val epoch, as training selects it.
+
+  The best epoch has the highest val accuracy of ``selection_head`` (the earliest on ties), the
+  rule of the best-val checkpoint in :func:`mmjax.train.train_and_evaluate`. A partial run is
+  summarized as far as it goes: a head or a test record not written yet gives NaN. Returns
+  ``{}`` when there is no val record.
+  """
+  val = [r for r in select(records, 'val') if f'accuracy/{selection_head}' in r]
+  test = {r['epoch']: r for r in select(records, 'test')}
+  if not val:
+    return {}
+  best = max(val, key=lambda r: (r[f'accuracy/{selection_head}'], -r['epoch']))
+  nan = float('nan')
+  return {
+      'selection_head': selection_head,
+      'best_epoch': best['epoch'],
+      'epochs': max(r['epoch'] for r in val),
+      'best_val': {h: max((r[f'accuracy/{h}'] for r in val if f'accuracy/{h}' in r), default=nan)
+                   for h in heads},
+      'test_at_best': {h: test.get(best['epoch'], {}).get(f'accuracy/{h}', nan) for h in heads},
+      'final_test': {h: test[max(test)].get(f'accuracy/{h}', nan) if test else nan for h in heads},
+  }

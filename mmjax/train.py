@@ -206,20 +206,8 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
 
 
 def _summary(workdir: str, heads: tuple[str, ...], selection_head: str) -> dict[str, Any]:
-  records = metrics.read_metrics(workdir)
-  val = metrics.select(records, 'val')
-  test = {r['epoch']: r for r in metrics.select(records, 'test')}
-  if not val:
-    return {}
-  best = max(val, key=lambda r: (r[f'accuracy/{selection_head}'], -r['epoch']))
-  return {
-      'workdir': workdir,
-      'selection_head': selection_head,
-      'best_epoch': best['epoch'],
-      'best_val': {h: max(r[f'accuracy/{h}'] for r in val) for h in heads},
-      'test_at_best': {h: test[best['epoch']][f'accuracy/{h}'] for h in heads},
-      'final_test': {h: test[max(test)][f'accuracy/{h}'] for h in heads},
-  }
+  summary = metrics.summarize(metrics.read_metrics(workdir), heads, selection_head)
+  return {'workdir': workdir, **summary} if summary else {}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

@@ -258,3 +258,9 @@ def test_distributed_initializes_once(monkeypatch):
   train.initialize_distributed()
   train.initialize_distributed()
   assert calls == [1]
+
+
+def test_read_metrics_skips_a_line_being_written(tmp_path):
+  path = tmp_path / metrics.METRICS_FILE
+  path.write_text('{"step": 1, "epoch": 1, "split": "val"}\n{"step": 2, "epo')
+  assert metrics.read_metrics(str(tmp_path)) == [{'step': 1, 'epoch': 1, 'split': 'val'}]

@@ -8,10 +8,12 @@ import ml_collections
 
 from mmjax.methods.base import Method, StepInfo
 from mmjax.methods.gblend import GradientBlending
+from mmjax.methods.greedy import BalancedMultimodalLearning
 from mmjax.methods.weighted import Fixed, Uniform, Unimodal, Vanilla
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Vanilla, Uniform, Fixed, Unimodal, GradientBlending)
+    cls.name: cls for cls in (Vanilla, Uniform, Fixed, Unimodal, GradientBlending,
+                              BalancedMultimodalLearning)
 }
 
 

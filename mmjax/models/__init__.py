@@ -15,6 +15,7 @@ import jax
 from mmjax.models.encoders import (ENCODERS, MLPEncoder, ResNet18, SmallCNN, build_encoder,
                                    module_options)
 from mmjax.models.late_fusion import FUSED, FUSIONS, LateFusionClassifier, scale_gradient
+from mmjax.models.mmtm import MMTMClassifier, default_mmtm_stages
 
 PyTree = Any
 
@@ -54,9 +55,24 @@ def _build_late_fusion(config: Mapping[str, Any], modalities: Sequence[str], num
   return LateFusionClassifier(num_classes=num_classes, **kwargs)
 
 
+def _build_mmtm(config: Mapping[str, Any], modalities: Sequence[str], num_classes: int
+                ) -> MMTMClassifier:
+  options = ('encoders', 'mmtm_stages', 'mmtm_ratio')
+  for key in config:
+    if key != 'name' and key not in options:
+      raise ValueError(f"model.{key} is not an option of model 'mmtm'; its options are {list(options)}.")
+  encoders = build_encoders(config.get('encoders', {}), modalities)
+  stages = config.get('mmtm_stages') or default_mmtm_stages(
+      min(e.num_stages for e in encoders.values()))
+  return MMTMClassifier(encoders=encoders, num_classes=num_classes,
+                        mmtm_stages=tuple(int(i) for i in stages),
+                        mmtm_ratio=config.get('mmtm_ratio', 4))
+
+
 #: ``model.name`` -> builder ``(model_config, modalities, num_classes) -> module``.
 MODELS: dict[str, Callable[[Mapping[str, Any], Sequence[str], int], nn.Module]] = {
     'late_fusion': _build_late_fusion,
+    'mmtm': _build_mmtm,
 }
 
 
@@ -85,7 +101,8 @@ def init_variables(model: nn.Module, rng: jax.Array, example_inputs: Mapping[str
 
 
 __all__ = [
-    'ENCODERS', 'FUSED', 'FUSIONS', 'MODELS', 'LateFusionClassifier', 'MLPEncoder', 'ResNet18',
+    'ENCODERS', 'FUSED', 'FUSIONS', 'MODELS', 'LateFusionClassifier', 'MLPEncoder', 'MMTMClassifier',
+    'ResNet18',
     'SmallCNN', 'build_encoder', 'build_encoders', 'build_model', 'init_variables',
     'scale_gradient',
 ]

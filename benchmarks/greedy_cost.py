@@ -1,0 +1,64 @@
+"""Per-step cost of greedy learning's in-step work on the MMTM network (Wu et al. 2022).
+
+    nice python benchmarks/greedy_cost.py [--config cgmnist] [--encoder cnn] [--steps 20] [--rounds 3]
+
+Times three train steps on the same MMTM model and batches, in one run (interleaved rounds,
+best round kept, see `timing.compare_train_steps`):
+
+- `plain`: the `fixed` method with weights {fused: 0, each modality: 1}, the same loss
+  sum_k CE(y_k) with none of greedy's machinery;
+- `off`:    `greedy` with `mode=off` (learning speeds and running averages, never re-balances);
+- `guided`: `greedy` with `mode=guided`: the trigger logic on top of `off`. Normal and
+  re-balancing steps are one compiled program (the choice is a `where` on traced flags), so
+  the timed steps stand for both.
+
+Prints ms/step and the ratio of each to `off` and to `plain`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import jax
+
+from timing import compare_train_steps
+from mmjax.methods import greedy  # pylint: disable=wrong-import-order
+
+
+def _config(module, arg: str, encoder: str):
+  config = module.get_config(f'{arg},encoder={encoder}' if encoder else arg)
+  config.progress_bar = False
+  return config
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='cgmnist', help='cgmnist, ucimf or synthetic')
+  parser.add_argument('--encoder', default='cnn', help='cgmnist only: cnn, mlp or resnet18')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--rounds', type=int, default=3)
+  args = parser.parse_args()
+  module = importlib.import_module(f'configs.{args.config}')
+  encoder = args.encoder if args.config == 'cgmnist' else ''
+  configs = {
+      'plain': _config(module, 'method=fixed', encoder),
+      'off': _config(module, 'method=greedy,mode=off', encoder),
+      'guided': _config(module, 'method=greedy,mode=guided', encoder),
+  }
+  plain = configs['plain']
+  greedy.BalancedMultimodalLearning.adjust_config(plain)  # the same MMTM model
+  plain.method.weights = {h: 0.0 if h == 'fused' else 1.0 for h in plain.method.weights}
+  results = compare_train_steps(configs, steps=args.steps, rounds=args.rounds)
+  print(f'backend {jax.default_backend()}, {jax.device_count()} device(s): '
+        f'{jax.devices()[0].device_kind}; {args.config}'
+        f"{' encoder=' + encoder if encoder else ''}, batch {plain.batch_size}")
+  print(f"{'method':<8}{'compile s':>11}{'ms/step':>10}{'x off':>8}{'x plain':>9}")
+  for name, r in results.items():
+    print(f"{name:<8}{r['compile_s']:>11.2f}{r['step_ms']:>10.2f}"
+          f"{r['step_ms'] / results['off']['step_ms']:>8.3f}"
+          f"{r['step_ms'] / results['plain']['step_ms']:>9.3f}")
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,359 @@
+"""Gradient Blending (G-Blend), Wang, Tran, Feiszli, CVPR 2020: offline, online and per-step.
+
+The loss is ``L_blend = sum_i w_i CE_i`` over the k unimodal heads and the fused head (Eq. 6),
+with ``w_i = (dG_i / dO_i^2) / Z`` (Proposition 1, Algorithm 1; formulas and degenerate cases in
+:mod:`mmjax.methods.ogr`). Generalization and overfitting are measured on ``V``, a stratified
+held-out slice of the training split (``heldout_fraction``, 8% as for Kinetics), and on ``T'``,
+a fixed subset of the remaining training examples of the same size; the real val split stays
+for model selection. ``V`` is removed from training.
+
+Estimators (``method.estimator``):
+
+- ``offline`` (Algorithm 2): at epoch 0, ``k + 1`` copies of the initial state each train one
+  head alone (copy ``i`` has weight 1 on head ``i``: a modality's encoder with its head, or all
+  encoders with the fused head; the other heads are probes that do not move the encoders) for
+  ``n`` epochs; ``dG`` and ``dO`` of head ``i`` come from copy ``i`` before and after; the
+  weights are then fixed for the whole run. ``n`` is ``num_epochs`` (the paper's "full N
+  epochs") unless ``estimation_epochs`` is set.
+- ``online`` (Algorithm 3): the same estimate from the current state at every super-epoch
+  boundary (epoch 0, ``warmup_epochs``, then every ``super_epoch`` epochs, as the paper's 10
+  then 5), with ``n`` the length of the coming super-epoch (or ``estimation_epochs``).
+- ``gradient`` (ours): the first-order form of Proposition 1 inside the compiled step. Per
+  head, ``g_i = grad CE_i`` on the training batch and ``grad CE^V_i`` on a batch of ``V``;
+  ``G_i = <grad CE^V_i, g_i>``, ``O_i = <g_i - grad CE^V_i, g_i>``. ``G_i`` and ``O_i^2`` are
+  smoothed by a bias-corrected EMA (``ema_decay``), and every ``every_steps`` steps the weights
+  become ``EMA(G_i) / EMA(O_i^2)`` normalised: ``E[O^2]`` is the ``sigma_k^2`` of Proposition 1,
+  logged as ``delta_o = sqrt(EMA(O_i^2))``. The applied update is ``sum_i w_i grad CE_i`` with
+  the weights held at the start of the step (probe heads as in :mod:`mmjax.methods.base`).
+
+The ``k + 1`` estimation runs are one compiled program, ``jax.vmap`` of a weighted train step
+over the stacked copies (``estimation='vmap'``), or run one after another with the same step
+unbatched (``'sequential'``, for models whose ``k + 1`` copies do not fit in memory); both give
+the same numbers up to float rounding. The copies start from the current optimiser state (its
+moments and its learning-rate schedule position), so copy ``i`` is the checkpoint ``phi^N``
+trained on exactly as the main run would be; MultiBench instead builds a fresh optimiser.
+Estimation reads its own batches (seeded by ``(seed, epoch)``), so the main data stream, and
+resuming from a checkpoint, are unaffected.
+
+Weights, ``dG``, ``dO`` and ``OGR`` per head are in the method state and logged as
+``gblend/weight/<head>``, ``gblend/delta_g/<head>``, ``gblend/delta_o/<head>`` and
+``gblend/ogr/<head>``. They are arrays in the train state: changing them never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax import data
+from mmjax import step as step_lib
+from mmjax.data.dataset import check_choice, check_float, check_fraction, check_int, derive_seed
+from mmjax.methods import ogr
+from mmjax.methods.base import Method, StepInfo, probe_objective
+
+Array = jax.Array
+PyTree = Any
+
+ESTIMATORS = ('offline', 'online', 'gradient')
+ESTIMATION_MODES = ('vmap', 'sequential')
+
+# Random streams of the method, each seeded by derive_seed(seed, stream, ...).
+_HELDOUT_STREAM = 101
+_TRAIN_SUBSET_STREAM = 102
+_ESTIMATION_DATA_STREAM = 103
+_HELDOUT_BATCH_STREAM = 104
+
+#: Parameters whose top-level name starts with this belong to an encoder (late fusion model).
+ENCODER_PREFIX = 'encoders_'
+
+
+class SingleHeadTraining(Method):
+  """The step of one G-Blend estimation copy: weights one-hot on the head it trains.
+
+  Its state is ``{'weights': ...}`` only, set per copy by :meth:`GradientBlending.measure`
+  (the base class's fixed-weight objective, probe rule and plain gradients do the rest).
+  """
+
+  name = 'gblend_estimation'
+
+
+class GradientBlending(Method):
+  """G-Blend with the ``offline``, ``online`` and ``gradient`` estimators (module docstring)."""
+
+  name = 'gblend'
+  DEFAULTS = {
+      'estimator': 'online',  # offline | online | gradient
+      'heldout_fraction': 0.08,  # share of train held out as V
+      'metric': 'loss',  # loss | accuracy: what dG and dO are measured on (offline, online)
+      'min_delta_o': 1e-3,  # dO (or sqrt(EMA O^2)) is clamped below at this
+      'warmup_epochs': 10,  # online: length of the first super-epoch
+      'super_epoch': 5,  # online: length of the later super-epochs
+      'estimation_epochs': 0,  # epochs n of each estimation run; 0: the coming super-epoch's length
+      'estimation': 'vmap',  # vmap | sequential: how the k + 1 estimation copies run
+      'ema_decay': 0.98,  # gradient: EMA decay of G and O^2
+      'every_steps': 10,  # gradient: steps between weight updates
+      'heldout_batch_size': 0,  # gradient: V batch size; 0: min(batch_size, |V|)
+  }
+
+  def __init__(self, config: Mapping[str, Any], heads: Sequence[str], modalities: Sequence[str]):
+    super().__init__(config, heads, modalities)
+    cfg = {**self.DEFAULTS, **dict(config)}
+    self.estimator = check_choice('method.estimator', cfg['estimator'], ESTIMATORS)
+    self.heldout_fraction = check_fraction('method.heldout_fraction', cfg['heldout_fraction'])
+    self.metric = check_choice('method.metric', cfg['metric'], ogr.METRICS)
+    self.min_delta_o = check_float('method.min_delta_o', cfg['min_delta_o'], 0.0)
+    if self.min_delta_o <= 0:
+      raise ValueError('method.min_delta_o must be positive, got 0.')
+    self.warmup_epochs = check_int('method.warmup_epochs', cfg['warmup_epochs'], 1)
+    self.super_epoch = check_int('method.super_epoch', cfg['super_epoch'], 1)
+    self.estimation_epochs = check_int('method.estimation_epochs', cfg['estimation_epochs'], 0)
+    self.estimation = check_choice('method.estimation', cfg['estimation'], ESTIMATION_MODES)
+    self.ema_decay = check_float('method.ema_decay', cfg['ema_decay'], 0.0, 1.0)
+    if self.ema_decay >= 1:
+      raise ValueError('method.ema_decay must be below 1, got 1.')
+    self.every_steps = check_int('method.every_steps', cfg['every_steps'], 1)
+    self.heldout_batch_size = check_int('method.heldout_batch_size', cfg['heldout_batch_size'], 0)
+    self.heldout: data.Split | None = None
+    self.train_subset: data.Split | None = None
+
+  # ----- set-up -------------------------------------------------------------------------------
+  @classmethod
+  def adjust_config(cls, config: Any) -> None:
+    """Checks the method options when the config is built (the config itself is unchanged)."""
+    cls(config.method, ('fused', *config.model.encoders), tuple(config.model.encoders))
+
+  def prepare_data(self, dataset: data.MultiModalDataset, seed: int) -> data.MultiModalDataset:
+    """Holds out ``V`` (stratified) from train and picks ``T'`` among the rest; returns train - V."""
+    train = dataset.splits['train']
+    keep, heldout = data.stratified_split(train.label, self.heldout_fraction,
+                                          derive_seed(seed, _HELDOUT_STREAM),
+                                          key='method.heldout_fraction')
+    remaining = train.take(keep)
+    self.heldout = train.take(heldout)
+    order = np.random.default_rng(derive_seed(seed, _TRAIN_SUBSET_STREAM)).permutation(len(keep))
+    self.train_subset = remaining.take(np.sort(order[:len(heldout)]))
+    return dataclasses.replace(dataset, splits={**dataset.splits, 'train': remaining})
+
+  def setup(self, trainer: Any) -> None:
+    self._seed = trainer.seed
+    self._num_epochs = int(trainer.config.num_epochs)
+    self._train_iterator = trainer.train_iterator
+    if self.estimator == 'gradient':
+      size = self.heldout_batch_size or min(trainer.config.batch_size, len(self.heldout))
+      size -= size % trainer.mesh.size
+      if not 0 < size <= len(self.heldout):
+        raise ValueError(
+            f'method.heldout_batch_size: the held-out slice has {len(self.heldout)} examples, '
+            f'too few for a batch of {size or trainer.mesh.size} on {trainer.mesh.size} devices; '
+            'raise method.heldout_fraction or set method.heldout_batch_size.')
+      self._heldout_iterator = data.TrainIterator(
+          self.heldout, size, derive_seed(self._seed, _HELDOUT_BATCH_STREAM))
+    estimation = SingleHeadTraining({}, self.heads, self.modalities)
+    estimation_step = step_lib.make_train_step(trainer.model, estimation, trainer.tx)
+    eval_step = step_lib.make_eval_step(trainer.model, estimation)
+    self._estimation_step = jax.jit(estimation_step)
+    self._estimation_eval = jax.jit(eval_step)
+    self._stacked_estimation_step = jax.jit(jax.vmap(estimation_step, in_axes=(0, None)))
+    self._stacked_estimation_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None, None)))
+
+  def initial_weights(self) -> dict[str, float]:
+    """Uniform until the first estimate (which, offline and online, precedes any step)."""
+    return {h: 1.0 / len(self.heads) for h in self.heads}
+
+  def init_state(self) -> dict[str, PyTree]:
+    zeros = {h: jnp.float32(0.0) for h in self.heads}
+    state = {**super().init_state(), 'delta_g': dict(zeros), 'delta_o': dict(zeros),
+             'ogr': dict(zeros)}
+    if self.estimator == 'gradient':
+      state.update(ema_g=dict(zeros), ema_o2=dict(zeros))
+    return state
+
+  # ----- compiled step (gradient estimator) -----------------------------------------------------
+  def model_kwargs(self, method_state: PyTree, rng: Array) -> dict[str, Any]:
+    if self.estimator != 'gradient':
+      return super().model_kwargs(method_state, rng)
+    return {}  # every head back-propagates; gradients() applies the probe rule itself
+
+  def gradients(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
+                method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
+    """Gradient estimator: per-head gradients on the batch and on a batch of ``V``.
+
+    ``jax.jacrev`` over the vector of head losses gives every ``grad CE_i`` from one forward
+    pass. The applied gradient is ``sum_i w_i grad CE_i`` on the encoders and
+    ``sum_i c_i grad CE_i`` elsewhere (``c_i = w_i``, or 1 for a probe head with ``w_i = 0``),
+    which is the probe rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)`` go to
+    :meth:`update_state` in the step's intermediates under ``'gblend'``.
+    """
+    if self.estimator != 'gradient':
+      return super().gradients(loss_fn, params, batch, method_state)
+
+    def loss_vector(p, b):
+      _, aux = loss_fn(p, b)
+      return ogr.as_vector(aux[1], self.heads), aux
+
+    train_jac, (outputs, losses, model_state, intermediates) = jax.jacrev(
+        loss_vector, has_aux=True)(params, batch)
+    heldout_jac, _ = jax.jacrev(loss_vector, has_aux=True)(params, batch['heldout'])
+    generalization, overfit = jax.vmap(ogr.first_order_generalization_and_overfitting)(
+        train_jac, heldout_jac, train_jac)
+    weights = ogr.as_vector(method_state['weights'], self.heads)
+    coefficients = jnp.where(weights > 0, weights, 1.0)
+
+    def combine(path, jac):
+      c = weights if getattr(path[0], 'key', '').startswith(ENCODER_PREFIX) else coefficients
+      return jnp.tensordot(c, jac, axes=1)
+
+    grads = jax.tree_util.tree_map_with_path(combine, train_jac)
+    objective = probe_objective(losses, method_state['weights'])
+    intermediates = {**intermediates, 'gblend': {'g': generalization, 'o': overfit}}
+    return (objective, (outputs, losses, model_state, intermediates)), grads
+
+  def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
+    """Gradient estimator: EMA of ``G`` and ``O^2``; new weights when ``(step + 1) % m == 0``."""
+    if self.estimator != 'gradient':
+      return method_state, {}
+    stats = info.aux['gblend']
+    decay = self.ema_decay
+    ema_g = decay * ogr.as_vector(method_state['ema_g'], self.heads) + (1 - decay) * stats['g']
+    ema_o2 = (decay * ogr.as_vector(method_state['ema_o2'], self.heads)
+              + (1 - decay) * jnp.square(stats['o']))
+    debias = 1.0 - decay ** (info.step.astype(jnp.float32) + 1.0)
+    delta_g, delta_o = ema_g / debias, jnp.sqrt(ema_o2 / debias)
+    update = (info.step + 1) % self.every_steps == 0
+    old = ogr.as_vector(method_state['weights'], self.heads)
+    weights = jnp.where(update, ogr.blend_weights(delta_g, delta_o, self.min_delta_o), old)
+    new_state = dict(method_state)
+    new_state.update(
+        ema_g=self._per_head(ema_g), ema_o2=self._per_head(ema_o2),
+        **self._estimate_state(weights, delta_g, delta_o))
+    return new_state, {}
+
+  # ----- host hooks -----------------------------------------------------------------------------
+  def extend_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+    if self.estimator != 'gradient':
+      return batch
+    return {**batch, 'heldout': next(self._heldout_iterator)}
+
+  def estimation_epochs_at(self, epoch: int) -> int:
+    """Epochs ``n`` of the estimation before epoch ``epoch``; 0 where there is none."""
+    if self.estimator == 'gradient' or epoch >= self._num_epochs:
+      return 0
+    if self.estimator == 'offline':
+      length = self._num_epochs if epoch == 0 else 0
+    elif epoch == 0:
+      length = self.warmup_epochs
+    elif epoch >= self.warmup_epochs and (epoch - self.warmup_epochs) % self.super_epoch == 0:
+      length = self.super_epoch
+    else:
+      length = 0
+    if not length:
+      return 0
+    return self.estimation_epochs or min(length, self._num_epochs - epoch)
+
+  def on_epoch_start(self, trainer: Any, state: Any, epoch: int) -> tuple[Any, dict[str, float]]:
+    """Offline/online: re-estimates the weights at a super-epoch boundary (Algorithms 2, 3).
+
+    Gradient: puts the ``V`` batch stream at the main stream's position (one ``V`` batch per
+    training batch), so a resumed run sees the same ``V`` batches.
+    """
+    if self.estimator == 'gradient':
+      self._heldout_iterator.set_state(
+          {**self._heldout_iterator.get_state(), 'step': self._train_iterator.step})
+      return state, {}
+    num_epochs = self.estimation_epochs_at(epoch)
+    if not num_epochs:
+      return state, {}
+    measured = self.measure(trainer, state, epoch, num_epochs)
+    weights = ogr.blend_weights(measured['delta_g'], measured['delta_o'], self.min_delta_o)
+    method_state = dict(state.method_state)
+    method_state.update(self._estimate_state(weights, measured['delta_g'], measured['delta_o']))
+    state = state.replace(method_state=jax.device_put(method_state, trainer.replicated))
+    return state, {k: float(v) for k, v in jax.device_get(self.state_metrics(method_state)).items()}
+
+  def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
+    return {f'{self.name}/{key}/{h}': method_state[state_key][h]
+            for key, state_key in (('weight', 'weights'), ('delta_g', 'delta_g'),
+                                   ('delta_o', 'delta_o'), ('ogr', 'ogr'))
+            for h in self.heads}
+
+  # ----- estimation (Algorithm 1) ---------------------------------------------------------------
+  def measure(self, trainer: Any, state: Any, epoch: int, num_epochs: int) -> dict[str, Array]:
+    """``GB_Estimate(phi^N, n)`` (Algorithm 1) without the last step: ``dG``, ``dO`` per head.
+
+    Trains ``k + 1`` copies of ``state``, copy ``i`` on head ``i`` alone, for ``num_epochs``
+    epochs of batches seeded by ``(seed, epoch)``, and measures head ``i`` of copy ``i`` on
+    ``T'`` and ``V`` before and after. Returns vectors in head order: ``delta_g``, ``delta_o``
+    and the measured values ``train_before``, ``heldout_before``, ``train_after``,
+    ``heldout_after``.
+    """
+    splits = {'train': self.train_subset, 'heldout': self.heldout}
+    before = {name: trainer.evaluate(state, split) for name, split in splits.items()}
+    batches = self._estimation_batches(trainer, epoch, num_epochs)
+    copies = [jax.device_put(state.replace(method_state={'weights': {
+        h: jnp.float32(1.0 if h == head else 0.0) for h in self.heads}}), trainer.replicated)
+              for head in self.heads]
+    if self.estimation == 'vmap':
+      stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *copies), trainer.replicated)
+      for batch in batches():
+        stacked, _ = self._stacked_estimation_step(stacked, trainer.shard(batch))
+      after = {name: self._evaluate_stacked(trainer, stacked, split)
+               for name, split in splits.items()}
+    else:
+      after = {name: {} for name in splits}
+      for head, copy in zip(self.heads, copies):
+        for batch in batches():
+          copy, _ = self._estimation_step(copy, trainer.shard(batch))
+        for name, split in splits.items():
+          after[name][head] = trainer.evaluate(copy, split, eval_step=self._estimation_eval)
+    key = self.metric
+    values = {
+        'train_before': ogr.as_vector({h: before['train'][f'{key}/{h}'] for h in self.heads},
+                                      self.heads),
+        'heldout_before': ogr.as_vector(
+            {h: before['heldout'][f'{key}/{h}'] for h in self.heads}, self.heads),
+        'train_after': ogr.as_vector({h: after['train'][h][f'{key}/{h}'] for h in self.heads},
+                                     self.heads),
+        'heldout_after': ogr.as_vector(
+            {h: after['heldout'][h][f'{key}/{h}'] for h in self.heads}, self.heads),
+    }
+    values['delta_g'], values['delta_o'] = ogr.generalization_and_overfitting(
+        values['train_before'], values['heldout_before'], values['train_after'],
+        values['heldout_after'], self.metric)
+    return values
+
+  def _estimation_batches(self, trainer: Any, epoch: int, num_epochs: int
+                          ) -> Callable[[], Any]:
+    """A function returning the estimation's batch stream afresh (the same for every copy)."""
+    split = trainer.dataset.splits['train']
+    seed = derive_seed(self._seed, _ESTIMATION_DATA_STREAM, epoch)
+
+    def batches():
+      iterator = data.TrainIterator(split, trainer.config.batch_size, seed)
+      for _ in range(num_epochs * iterator.steps_per_epoch):
+        yield next(iterator)
+
+    return batches
+
+  def _evaluate_stacked(self, trainer: Any, stacked: Any, split: data.Split
+                        ) -> dict[str, dict[str, float]]:
+    """:meth:`Trainer.evaluate` of every stacked copy: ``{head_of_copy: {metric: mean}}``."""
+    totals = None
+    for batch, mask in data.eval_batches(split, trainer.config.eval_batch_size):
+      sums = self._stacked_estimation_eval(stacked, trainer.shard(batch), trainer.put_global(mask))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return {head: step_lib.finalize_eval({k: v[i] for k, v in totals.items()})
+            for i, head in enumerate(self.heads)}
+
+  # ----- helpers --------------------------------------------------------------------------------
+  def _per_head(self, vector: Array) -> dict[str, Array]:
+    return {h: vector[i] for i, h in enumerate(self.heads)}
+
+  def _estimate_state(self, weights: Array, delta_g: Array, delta_o: Array) -> dict[str, PyTree]:
+    ratio = ogr.overfitting_to_generalization_ratio(delta_g, delta_o, self.min_delta_o)
+    return {'weights': self._per_head(weights), 'delta_g': self._per_head(delta_g),
+            'delta_o': self._per_head(delta_o), 'ogr': self._per_head(ratio)}

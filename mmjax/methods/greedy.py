@@ -1,0 +1,293 @@
+"""Balanced multi-modal learning against greedy learning (Wu, Jastrzebski, Cho, Geras, ICML 2022).
+
+The model is the MMTM mid-fusion network (:mod:`mmjax.models.mmtm`): a branch per modality,
+a head per branch, the loss the sum of the branch cross-entropies ``sum_k CE(y_k, y)`` and the
+prediction the mean of the branch logits (the ``fused`` head, a parameter-free probe here).
+
+**Conditional learning speed** (Sec. 4.2), computed inside the compiled train step from the
+gradients it already has. Per step and parameter group ``theta``,
+``mu(theta) = ||grad_theta L||^2 / ||theta||^2`` (squared norms summed over the group), for
+branch ``k``'s own parameters ``theta_k`` (encoder and head) and for the fusion parameters that
+feed it, ``theta'_k`` (its MMTM excitation layers plus the shared squeeze layers).
+``M(theta) = sum_t mu_t(theta)`` over normal steps, and
+
+    s(others | m_k) = log10(M(theta'_k) / M(theta_k)),   d_speed = s(m1|m0) - s(m0|m1).
+
+**Balanced multi-modal learning** (Alg. 1), ``method.mode``:
+
+- ``guided``: from ``starting_epoch`` on (1-based, as the official code's ``starting_epoch=2``:
+  the first epoch is plain), a normal step with ``|d_speed| > alpha`` makes the next ``window``
+  steps re-balancing steps for branch ``k`` (``k = 0`` when ``d_speed > 0``, else 1; with more
+  than two modalities, when ``max_k s - min_k s > alpha``, the branch ``k`` with the largest
+  ``s(others | m_k)``, the one learning most through fusion). In a re-balancing step branch
+  ``k``'s MMTM scales are the running average of its own past scales, a constant, so branch
+  ``k`` learns from its own modality alone. No speed is accumulated during a window.
+- ``random``: from ``starting_epoch`` on, every step is normal or re-balances one branch,
+  uniformly at random (the paper's control).
+- ``off``: every step is normal (the paper's vanilla training of the same network).
+
+The re-balancing choice (``remaining``, ``branch``), the running averages, the sums ``M`` and
+the per-branch counts of re-balancing steps are arrays in the method state: switching
+between normal and re-balancing steps never recompiles the step.
+
+Two departures from the official code (``nyukat/greedy_multimodal_learning``), both fixes:
+the running average of each branch is updated from *its own* scales (the code updates branch
+1's with branch 0's), and only on normal training steps (the code also updates them in
+evaluation forwards). The average is the cumulative mean over those steps, as in the code.
+
+**Conditional utilization rate** (Sec. 4.1), at each evaluation: the uni-modal network
+``f'_k`` is the same network whose branch-``k`` MMTMs see every other modality's squeeze
+replaced by its mean over the training set (one eval-mode pass over the train split, shared by
+val and test), read from head ``k``. With ``A`` the accuracy,
+
+    u(others | m_k) = (A(f) - A(f'_k)) / A(f),   d_util = u(m1|m0) - u(m0|m1),
+
+where ``A(f)`` is the accuracy of the fused prediction (the paper's ``f``; whether it normalises
+by the fused or by branch ``k``'s full-model accuracy is not confirmed by the sources we have).
+
+Logged keys (``<m>`` a modality): ``greedy/speed/<m>`` = ``s(others | m)``, ``greedy/d_speed``,
+``greedy/rebalance/<m>`` (re-balancing steps of branch ``m`` so far) with the train split;
+``greedy/u/<m>`` = ``u(others | m)``, ``greedy/acc_unimodal/<m>`` = ``A(f'_m)`` and
+``greedy/d_util`` with val and test. With more than two modalities ``d_speed`` and ``d_util``
+are replaced by ``greedy/speed_spread`` (``max - min`` of the speeds) and
+``greedy/util_spread``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmjax import data
+from mmjax.methods.base import Method, StepInfo
+from mmjax.models.mmtm import MMTMClassifier, parameter_groups
+from mmjax.step import eval_sums, forward
+
+Array = jax.Array
+PyTree = Any
+
+MODES = ('guided', 'random', 'off')
+
+
+def squared_norm(leaves: Sequence[Array]) -> Array:
+  """``sum ||x||^2`` over a list of arrays."""
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def learning_speed_ratios(params: PyTree, grads: PyTree, modalities: Sequence[str]
+                          ) -> tuple[dict[str, Array], dict[str, Array]]:
+  """``mu(theta_k)`` and ``mu(theta'_k)`` per modality: ``||grad||^2 / ||theta||^2``."""
+  own_p, fusion_p = parameter_groups(params, modalities)
+  own_g, fusion_g = parameter_groups(grads, modalities)
+  own = {m: squared_norm(own_g[m]) / squared_norm(own_p[m]) for m in modalities}
+  fusion = {m: squared_norm(fusion_g[m]) / squared_norm(fusion_p[m]) for m in modalities}
+  return own, fusion
+
+
+def conditional_learning_speed(own_sums: Mapping[str, Array], fusion_sums: Mapping[str, Array]
+                               ) -> dict[str, Array]:
+  """``s(others | m_k) = log10(M(theta'_k) / M(theta_k))`` per modality ``m_k``."""
+  return {m: jnp.log10(fusion_sums[m] / own_sums[m]) for m in own_sums}
+
+
+def conditional_utilization_rate(fused_accuracy: float, unimodal_accuracy: Mapping[str, float]
+                                 ) -> dict[str, float]:
+  """``u(others | m_k) = (A(f) - A(f'_k)) / A(f)`` per modality (NaN when ``A(f) = 0``)."""
+  if fused_accuracy == 0:
+    return {m: float('nan') for m in unimodal_accuracy}
+  return {m: (fused_accuracy - a) / fused_accuracy for m, a in unimodal_accuracy.items()}
+
+
+class BalancedMultimodalLearning(Method):
+  """Greedy-learning diagnostics and guided re-balancing over the MMTM network."""
+
+  name = 'greedy'
+  DEFAULTS = {
+      'mode': 'guided',  # guided | random | off
+      'alpha': 0.01,  # threshold on |d_speed| (epsilon in the official code)
+      'window': 5,  # Q: re-balancing steps after a trigger (curation_windowsize)
+      'starting_epoch': 2,  # 1-based epoch from which re-balancing may happen
+  }
+
+  def __init__(self, config: Mapping[str, Any], heads: Sequence[str], modalities: Sequence[str]):
+    super().__init__(config, heads, modalities)
+    cfg = {**self.DEFAULTS, **dict(config)}
+    self.mode = cfg['mode']
+    if self.mode not in MODES:
+      raise ValueError(f'method.mode = {self.mode!r}; valid modes are {list(MODES)}.')
+    self.alpha = float(cfg['alpha'])
+    if not self.alpha >= 0:
+      raise ValueError(f'method.alpha = {cfg["alpha"]!r} must be non-negative.')
+    self.window = cfg['window']
+    if not isinstance(self.window, int) or self.window < 1:
+      raise ValueError(f'method.window = {self.window!r} must be a positive integer.')
+    self.starting_epoch = cfg['starting_epoch']
+    if not isinstance(self.starting_epoch, int) or self.starting_epoch < 2:
+      raise ValueError(
+          f'method.starting_epoch = {self.starting_epoch!r} must be an integer >= 2: re-balancing '
+          'uses running averages of the MMTM scales, so the first epoch is plain.')
+    if len(self.modalities) < 2:
+      raise ValueError(f'the greedy method needs two or more modalities; got {list(self.modalities)}.')
+    self.start_step = 0
+    self.mmtm_channels: tuple[dict[str, int], ...] = ()
+    self._seed = 0
+    self._mean_squeeze_cache: tuple[int, PyTree] | None = None
+
+  # ----- set-up ---------------------------------------------------------------------------------
+  @classmethod
+  def adjust_config(cls, config: Any) -> None:
+    """Switches the model to the MMTM network over the same per-modality encoders.
+
+    ``model.mmtm_stages = ()`` places MMTMs after the encoders' last three stages (all stages
+    if fewer): ResNet-18 ``layer2..4`` as Wu et al., stages 1-3 of the CNN, every MLP stage.
+    """
+    config.model = ml_collections.ConfigDict({
+        'name': 'mmtm', 'encoders': config.model.encoders.to_dict(), 'mmtm_stages': (),
+        'mmtm_ratio': 4})
+
+  def setup(self, trainer: Any) -> None:
+    if not isinstance(trainer.model, MMTMClassifier):
+      raise ValueError(
+          f"method 'greedy' needs model.name = 'mmtm' (set by the method's adjust_config); got "
+          f'model {trainer.config.model.name!r}.')
+    self.start_step = (self.starting_epoch - 1) * trainer.steps_per_epoch
+    self.mmtm_channels = trainer.model.mmtm_channels
+    self._seed = trainer.seed
+    model = trainer.model
+    self._jit_squeeze_sums = jax.jit(functools.partial(_squeeze_sums, model))
+    self._jit_utilization_step = jax.jit(functools.partial(_utilization_eval_step, model))
+
+  def initial_weights(self) -> dict[str, float]:
+    return {h: 0.0 if h == 'fused' else 1.0 for h in self.heads}
+
+  def init_state(self) -> dict[str, PyTree]:
+    f32 = jnp.float32
+    return {
+        **super().init_state(),
+        'remaining': jnp.int32(0),  # re-balancing steps left, the coming step included
+        'branch': jnp.int32(0),  # the branch they re-balance (index into modalities)
+        'average_scales': {m: tuple(jnp.zeros((c[m],), f32) for c in self.mmtm_channels)
+                           for m in self.modalities},
+        'normal_steps': jnp.int32(0),
+        'speed_sums': {'own': {m: f32(0) for m in self.modalities},
+                       'fusion': {m: f32(0) for m in self.modalities}},
+        'rebalance_steps': {m: jnp.int32(0) for m in self.modalities},
+        'rng': jax.random.PRNGKey(self._seed),
+    }
+
+  # ----- compiled step --------------------------------------------------------------------------
+  def rebalance_flags(self, method_state: PyTree) -> dict[str, Array]:
+    """Modality -> whether the current step re-balances its branch."""
+    active = method_state['remaining'] > 0
+    return {m: active & (method_state['branch'] == i) for i, m in enumerate(self.modalities)}
+
+  def model_kwargs(self, method_state: PyTree, rng: Array) -> dict[str, Any]:
+    return {**super().model_kwargs(method_state, rng),
+            'rebalance': self.rebalance_flags(method_state),
+            'average_scales': method_state['average_scales']}
+
+  def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
+    state = dict(method_state)
+    flags = self.rebalance_flags(method_state)
+    rebalancing = method_state['remaining'] > 0
+    normal = jnp.logical_not(rebalancing)
+
+    n = method_state['normal_steps'].astype(jnp.float32)
+    state['average_scales'] = {
+        m: tuple(jnp.where(normal, (avg * n + info.aux[f'mmtm_{i}'][f'scale_{m}'][0].mean(0)) / (n + 1),
+                           avg)
+                 for i, avg in enumerate(method_state['average_scales'][m]))
+        for m in self.modalities}
+    state['normal_steps'] = method_state['normal_steps'] + normal.astype(jnp.int32)
+
+    mu_own, mu_fusion = learning_speed_ratios(info.params, info.grads, self.modalities)
+    sums = method_state['speed_sums']
+    keep = normal.astype(jnp.float32)
+    own = {m: sums['own'][m] + keep * mu_own[m] for m in self.modalities}
+    fusion = {m: sums['fusion'][m] + keep * mu_fusion[m] for m in self.modalities}
+    state['speed_sums'] = {'own': own, 'fusion': fusion}
+    speed = jnp.stack([conditional_learning_speed(own, fusion)[m] for m in self.modalities])
+
+    if self.mode == 'guided':
+      trigger = normal & (info.step >= self.start_step) & (speed.max() - speed.min() > self.alpha)
+      state['remaining'] = jnp.where(rebalancing, method_state['remaining'] - 1,
+                                     jnp.where(trigger, self.window, 0)).astype(jnp.int32)
+      state['branch'] = jnp.where(trigger, jnp.argmax(speed), method_state['branch']).astype(jnp.int32)
+    elif self.mode == 'random':
+      rng, pick_rng = jax.random.split(method_state['rng'])
+      choice = jax.random.randint(pick_rng, (), -1, len(self.modalities))
+      state['rng'] = rng
+      active = info.step + 1 >= self.start_step
+      state['remaining'] = (active & (choice >= 0)).astype(jnp.int32)
+      state['branch'] = jnp.maximum(choice, 0).astype(jnp.int32)
+    state['rebalance_steps'] = {m: method_state['rebalance_steps'][m] + flags[m].astype(jnp.int32)
+                                for m in self.modalities}
+    return state, {f'{self.name}/rebalancing': rebalancing.astype(jnp.float32)}
+
+  # ----- host hooks -----------------------------------------------------------------------------
+  def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
+    sums = method_state['speed_sums']
+    speed = conditional_learning_speed(sums['own'], sums['fusion'])
+    out = super().state_metrics(method_state)
+    out.update({f'{self.name}/speed/{m}': s for m, s in speed.items()})
+    out.update(self._difference('speed', [speed[m] for m in self.modalities]))
+    out.update({f'{self.name}/rebalance/{m}': c for m, c in method_state['rebalance_steps'].items()})
+    return out
+
+  def _difference(self, key: str, values: Sequence[Any]) -> dict[str, Any]:
+    """``d_<key> = v_0 - v_1`` for two modalities, ``<key>_spread = max - min`` for more."""
+    if len(values) == 2:
+      return {f'{self.name}/d_{key}': values[0] - values[1]}
+    return {f'{self.name}/{key}_spread': max(values) - min(values)}
+
+  def mean_squeeze(self, trainer: Any, state: Any) -> dict[str, tuple[Array, ...]]:
+    """Per modality and MMTM, the mean squeeze over the train split (eval mode), cached per step."""
+    step = int(jax.device_get(state.step))
+    if self._mean_squeeze_cache is None or self._mean_squeeze_cache[0] != step:
+      totals = None
+      for batch, mask in data.eval_batches(trainer.dataset.splits['train'],
+                                           trainer.config.eval_batch_size):
+        sums = self._jit_squeeze_sums(state, trainer.shard(batch), trainer.put_global(mask))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      means = jax.tree.map(lambda s: s / totals['count'], totals['sums'])
+      self._mean_squeeze_cache = (step, jax.device_put(means, trainer.replicated))
+    return self._mean_squeeze_cache[1]
+
+  def eval_metrics(self, trainer: Any, state: Any, split: str) -> dict[str, float]:
+    mean_squeeze = self.mean_squeeze(trainer, state)
+    results = trainer.evaluate(
+        state, split, eval_step=lambda s, b, mask: self._jit_utilization_step(s, b, mask, mean_squeeze))
+    unimodal = {m: results[f'accuracy/{m}'] for m in self.modalities}
+    util = conditional_utilization_rate(results['accuracy/fused'], unimodal)
+    out = {f'{self.name}/acc_unimodal/{m}': a for m, a in unimodal.items()}
+    out.update({f'{self.name}/u/{m}': u for m, u in util.items()})
+    out.update(self._difference('util', [util[m] for m in self.modalities]))
+    return out
+
+
+def _squeeze_sums(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array
+                  ) -> dict[str, Any]:
+  """Masked sums of every MMTM's squeeze inputs over a batch, in eval mode."""
+  variables = {'params': state.params, **state.model_state}
+  _, mutated = model.apply(variables, batch['inputs'], train=False, mutable=['intermediates'])
+  inter = mutated['intermediates']
+  weight = mask.astype(jnp.float32)
+  return {'count': weight.sum(),
+          'sums': {m: tuple((inter[f'mmtm_{i}'][f'squeeze_{m}'][0] * weight[:, None]).sum(0)
+                            for i in range(len(model.mmtm_stages)))
+                   for m in model.modalities}}
+
+
+def _utilization_eval_step(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array,
+                           mean_squeeze: PyTree) -> dict[str, Array]:
+  """Eval sums of the full model's fused head and of every uni-modal ``f'_k`` (head ``k``)."""
+  full, _, _ = forward(model, state.params, state.model_state, batch['inputs'], train=False)
+  unimodal, _, _ = forward(model, state.params, state.model_state, batch['inputs'], train=False,
+                           unimodal={m: jnp.bool_(True) for m in model.modalities},
+                           mean_squeeze=mean_squeeze)
+  return eval_sums({'fused': full['fused'], **{m: unimodal[m] for m in model.modalities}},
+                   batch['label'], mask)

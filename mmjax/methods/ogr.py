@@ -1,0 +1,118 @@
+"""Overfitting, generalization and the Gradient-Blending weights (Wang et al., CVPR 2020).
+
+Pure functions over arrays, shared by the host-side estimators (Algorithms 1-3) and the
+per-step ``gradient`` estimator inside the compiled train step. Notation of the paper, §3:
+
+- overfitting at checkpoint N: ``O_N = L^V_N - L^T_N`` (Eq. 3), V a held-out slice of train,
+  T' a training subset;
+- between checkpoints N and N + n: ``dO = O_{N+n} - O_N`` and ``dG = L^V_N - L^V_{N+n}``,
+  ``OGR = |dO / dG|`` (Eq. 4);
+- first-order form for an update direction ``g`` (§3.2): ``G = <grad L^V, g>`` and
+  ``O = <grad L^T - grad L^V, g>``;
+- blend weights (Proposition 1 / Algorithm 1): ``w_i = (dG_i / dO_i^2) / Z`` with ``Z`` making
+  them sum to 1 over the k unimodal heads and the fused head.
+
+Degenerate cases (none of them produces NaN or inf; the paper leaves all of them open):
+
+- ``dG_i <= 0``: head i did not generalize over the window, so it gets weight 0 (the paper's
+  ratio would be zero or negative). MultiBench and BalanceMM take ``|G / O^2|`` instead, which
+  rewards a head whose held-out loss *rose*.
+- ``dO_i <= min_delta_o`` (no measurable overfitting, or overfitting that shrank): ``dO_i`` is
+  clamped to ``min_delta_o``, so such a head gets a large weight, and several such heads share
+  by their ``dG``. The squared ratio of the paper would give a head whose overfitting *shrank*
+  a small weight; MultiBench clips ``O`` (not ``dO``) at 1e-4, BalanceMM squares a signed ``dO``.
+- every head has weight 0 (no head generalized): uniform weights ``1 / (k + 1)``.
+- huge or tiny ratios: the weights are a softmax over ``log dG_i - 2 log dO_i``, which never
+  overflows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+METRICS = ('loss', 'accuracy')
+
+
+def overfitting(train_value: Array, heldout_value: Array, metric: str = 'loss') -> Array:
+  """``O = L^V - L^T`` (Eq. 3); on accuracy, ``O = A^T - A^V`` (positive when overfitting)."""
+  _check_metric(metric)
+  if metric == 'loss':
+    return jnp.asarray(heldout_value) - jnp.asarray(train_value)
+  return jnp.asarray(train_value) - jnp.asarray(heldout_value)
+
+
+def generalization_and_overfitting(train_before: Array, heldout_before: Array,
+                                   train_after: Array, heldout_after: Array,
+                                   metric: str = 'loss') -> tuple[Array, Array]:
+  """``(dG, dO)`` between checkpoints N (before) and N + n (after), Eq. 4.
+
+  On loss, ``dG = L^V_N - L^V_{N+n}``; on accuracy, ``dG = A^V_{N+n} - A^V_N`` (the paper finds
+  accuracy "equally effective", §3.3). ``dO = O_{N+n} - O_N`` with :func:`overfitting`.
+  Arguments are per-head arrays (or scalars) measured on T' (train) and V (held-out).
+  """
+  _check_metric(metric)
+  sign = 1.0 if metric == 'loss' else -1.0
+  delta_g = sign * (jnp.asarray(heldout_before) - jnp.asarray(heldout_after))
+  delta_o = (overfitting(train_after, heldout_after, metric)
+             - overfitting(train_before, heldout_before, metric))
+  return delta_g, delta_o
+
+
+def overfitting_to_generalization_ratio(delta_g: Array, delta_o: Array, min_delta: float) -> Array:
+  """``OGR = |dO / dG|`` (Eq. 4), with ``|dG|`` clamped below at ``min_delta`` (finite at dG = 0)."""
+  return jnp.abs(delta_o) / jnp.maximum(jnp.abs(delta_g), min_delta)
+
+
+def blend_weights(delta_g: Array, delta_o: Array, min_delta_o: float) -> Array:
+  """``w_i = (dG_i / dO_i^2) / Z`` (Proposition 1, Algorithm 1), over the last axis.
+
+  ``dG_i <= 0`` gives ``w_i = 0``; ``dO_i`` is clamped below at ``min_delta_o``; if every
+  ``dG_i <= 0`` the weights are uniform. The result is finite, non-negative and sums to 1 for
+  any finite inputs (module docstring).
+  """
+  delta_g = jnp.asarray(delta_g, jnp.float32)
+  delta_o = jnp.maximum(jnp.asarray(delta_o, jnp.float32), jnp.float32(min_delta_o))
+  generalized = delta_g > 0
+  log_ratio = jnp.log(jnp.where(generalized, delta_g, 1.0)) - 2.0 * jnp.log(delta_o)
+  # log of a positive subnormal may be -inf on a flushing backend; such a head counts as 0.
+  usable = generalized & jnp.isfinite(log_ratio)
+  logits = jnp.where(usable, log_ratio, -jnp.inf)
+  shifted = logits - jnp.max(jnp.where(usable, logits, jnp.finfo(jnp.float32).min),
+                             axis=-1, keepdims=True)
+  unnormalized = jnp.where(usable, jnp.exp(shifted), 0.0)
+  total = unnormalized.sum(axis=-1, keepdims=True)
+  uniform = jnp.full_like(unnormalized, 1.0 / unnormalized.shape[-1])
+  return jnp.where(total > 0, unnormalized / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def tree_dot(a: PyTree, b: PyTree) -> Array:
+  """``<a, b>``: the inner product of two gradient pytrees of the same structure."""
+  leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.vdot(x, y).real, a, b))
+  return sum(leaves, jnp.float32(0.0))
+
+
+def first_order_generalization_and_overfitting(train_grad: PyTree, heldout_grad: PyTree,
+                                               direction: PyTree) -> tuple[Array, Array]:
+  """``(G, O)`` for an update along ``direction`` (§3.2, the infinitesimal Eq. 4).
+
+  ``G = <grad L^V, g>`` and ``O = <grad L^T - grad L^V, g>``: to first order, a step
+  ``-eta * g`` lowers the held-out loss by ``eta * G`` and raises the overfitting by ``eta * O``.
+  """
+  generalization = tree_dot(heldout_grad, direction)
+  return generalization, tree_dot(train_grad, direction) - generalization
+
+
+def _check_metric(metric: str) -> None:
+  if metric not in METRICS:
+    raise ValueError(f'method.metric = {metric!r}; valid metrics are {list(METRICS)}.')
+
+
+def as_vector(values: dict[str, Any], heads: Sequence[str]) -> Array:
+  """Per-head values as a vector in ``heads`` order."""
+  return jnp.stack([jnp.asarray(values[h], jnp.float32) for h in heads])

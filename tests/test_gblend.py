@@ -1,0 +1,313 @@
+"""Gradient Blending: formulas against hand-computed values, estimators, compile counts, resume."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import tiny_synthetic_config
+from configs import synthetic
+from mmjax import checkpointing, metrics, train
+from mmjax.methods import ogr
+from mmjax.methods.gblend import GradientBlending
+from mmjax.step import cross_entropy
+
+HEADS = ('fused', 'a', 'b')
+
+
+def _config(estimator, **method):
+  config = tiny_synthetic_config('gblend', estimator=estimator)
+  config.num_epochs = 3
+  config.method.update({'warmup_epochs': 1, 'super_epoch': 1, 'every_steps': 2, **method})
+  return config
+
+
+# ----- formulas (hand-computed values) ---------------------------------------------------------
+def test_generalization_and_overfitting_on_loss():
+  # head 0: L^T 1.0 -> 0.5, L^V 1.2 -> 0.9: O_N = 0.2, O_N+n = 0.4, dO = 0.2, dG = 0.3.
+  # head 1: L^T 2.0 -> 1.0, L^V 2.0 -> 1.5: O_N = 0.0, O_N+n = 0.5, dO = 0.5, dG = 0.5.
+  delta_g, delta_o = ogr.generalization_and_overfitting(
+      jnp.array([1.0, 2.0]), jnp.array([1.2, 2.0]), jnp.array([0.5, 1.0]), jnp.array([0.9, 1.5]))
+  np.testing.assert_allclose(delta_g, [0.3, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(delta_o, [0.2, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(ogr.overfitting_to_generalization_ratio(delta_g, delta_o, 1e-3),
+                             [0.2 / 0.3, 1.0], rtol=1e-6)
+
+
+def test_generalization_and_overfitting_on_accuracy():
+  # A^T 0.6 -> 0.9, A^V 0.5 -> 0.7: O = A^T - A^V goes 0.1 -> 0.2, dO = 0.1, dG = 0.2.
+  delta_g, delta_o = ogr.generalization_and_overfitting(0.6, 0.5, 0.9, 0.7, 'accuracy')
+  assert float(delta_g) == pytest.approx(0.2) and float(delta_o) == pytest.approx(0.1)
+  with pytest.raises(ValueError, match='method.metric'):
+    ogr.generalization_and_overfitting(0.6, 0.5, 0.9, 0.7, 'f1')
+
+
+def test_ogr_is_finite_when_nothing_generalizes():
+  assert float(ogr.overfitting_to_generalization_ratio(0.0, 0.5, 1e-3)) == pytest.approx(500.0)
+
+
+def test_blend_weights_hand_computed():
+  # dG / dO^2 = 0.3 / 0.04 = 7.5, 0.5 / 0.25 = 2, 0.2 / 0.01 = 20; Z = 29.5.
+  weights = ogr.blend_weights([0.3, 0.5, 0.2], [0.2, 0.5, 0.1], 1e-3)
+  np.testing.assert_allclose(weights, [7.5 / 29.5, 2 / 29.5, 20 / 29.5], rtol=1e-5)
+
+
+def test_blend_weights_degenerate_cases():
+  # dG <= 0: weight 0; the others as before (7.5 and 2 of 9.5).
+  np.testing.assert_allclose(ogr.blend_weights([0.3, 0.5, -0.1], [0.2, 0.5, 0.1], 1e-3),
+                             [7.5 / 9.5, 2 / 9.5, 0.0], rtol=1e-5)
+  # dO <= min_delta_o: clamped to 0.1, 0.4 / 0.01 = 40 against 0.5 / 0.25 = 2.
+  np.testing.assert_allclose(ogr.blend_weights([0.4, 0.5], [-3.0, 0.5], 0.1),
+                             [40 / 42, 2 / 42], rtol=1e-5)
+  # No head generalized: uniform.
+  np.testing.assert_allclose(ogr.blend_weights([0.0, -1.0, -2.0], [0.1, 0.2, 0.3], 1e-3),
+                             [1 / 3] * 3, rtol=1e-6)
+  # Ratios beyond float32 range still normalise: 1e30 / 1e-6 against 1 / 1.
+  np.testing.assert_allclose(ogr.blend_weights([1e30, 1.0], [1e-3, 1.0], 1e-3), [1.0, 1e-36],
+                             rtol=1e-4, atol=1e-38)
+
+
+_LIMIT = float(np.float32(3e38))
+_finite = st.floats(min_value=-_LIMIT, max_value=_LIMIT, allow_nan=False, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5).flatmap(lambda k: st.tuples(st.lists(_finite, min_size=k, max_size=k),
+                                                     st.lists(_finite, min_size=k, max_size=k))),
+       st.sampled_from([1e-6, 1e-3, 1.0]))
+def test_blend_weights_are_a_distribution(deltas, min_delta_o):
+  weights = np.asarray(ogr.blend_weights(*deltas, min_delta_o))
+  assert np.isfinite(weights).all() and (weights >= 0).all()
+  assert weights.sum() == pytest.approx(1.0, abs=1e-5)
+  delta_g = np.asarray(deltas[0], np.float32)
+  if (delta_g > 1e-30).any():  # some head generalized (tinier ones may flush to 0): no weight on dG <= 0
+    assert (weights[delta_g <= 0] == 0).all()
+
+
+def test_first_order_generalization_and_overfitting():
+  train_grad = {'x': jnp.array([1.0, 2.0]), 'y': jnp.array([[3.0]])}
+  heldout_grad = {'x': jnp.array([0.5, -1.0]), 'y': jnp.array([[2.0]])}
+  # G = <v, g> = 0.5 - 2 + 6 = 4.5; O = <g - v, g> = (1 + 4 + 9) - 4.5 = 9.5.
+  g, o = ogr.first_order_generalization_and_overfitting(train_grad, heldout_grad, train_grad)
+  assert float(g) == pytest.approx(4.5) and float(o) == pytest.approx(9.5)
+
+
+# ----- held-out data ---------------------------------------------------------------------------
+def test_heldout_split_is_stratified_disjoint_and_deterministic():
+  config = _config('online')
+  trainer = train.Trainer(config)
+  method = trainer.method
+  train_split = trainer.dataset.splits['train']
+  assert len(method.heldout) == round(0.08 * config.data.num_train)
+  assert len(train_split) + len(method.heldout) == config.data.num_train
+  assert len(method.train_subset) == len(method.heldout)
+  assert np.bincount(method.heldout.label).max() - np.bincount(method.heldout.label).min() <= 1
+  rows = {tuple(x) for x in train_split.inputs['a']}
+  assert not any(tuple(x) in rows for x in method.heldout.inputs['a'])
+  assert all(tuple(x) in rows for x in method.train_subset.inputs['a'])
+  again = train.Trainer(config).method
+  np.testing.assert_array_equal(again.heldout.inputs['b'], method.heldout.inputs['b'])
+  np.testing.assert_array_equal(again.train_subset.label, method.train_subset.label)
+
+
+def test_bad_options_are_named():
+  with pytest.raises(ValueError, match='method.estimator'):
+    GradientBlending({'estimator': 'bayes'}, HEADS, ('a', 'b'))
+  with pytest.raises(ValueError, match='method.heldout_fraction'):
+    GradientBlending({'heldout_fraction': 1.5}, HEADS, ('a', 'b'))
+  with pytest.raises(ValueError, match='estimator'):
+    synthetic.get_config('method=gblend,estimator=bayes')
+  assert synthetic.get_config('method=gblend,estimator=offline').method.estimator == 'offline'
+
+
+def test_super_epoch_boundaries():
+  config = tiny_synthetic_config('gblend', estimator='online')
+  config.num_epochs = 20  # the paper's schedule: warm-up 10, then 5
+  online = train.Trainer(config).method
+  assert {e: online.estimation_epochs_at(e) for e in range(20) if online.estimation_epochs_at(e)} \
+      == {0: 10, 10: 5, 15: 5}
+  config.method.estimator = 'offline'
+  offline = train.Trainer(config).method
+  assert [offline.estimation_epochs_at(e) for e in range(3)] == [20, 0, 0]
+
+
+# ----- offline / online estimation -------------------------------------------------------------
+@pytest.fixture(scope='module')
+def online_trainer():
+  """One online trainer shared by the tests below (its compiled steps are built once)."""
+  return train.Trainer(_config('online'))
+
+
+def test_vmap_and_sequential_estimates_agree(online_trainer):
+  trainer, method = online_trainer, online_trainer.method
+  state = trainer.init_state()
+  results = {}
+  for mode in ('vmap', 'sequential'):
+    method.estimation = mode
+    results[mode] = method.measure(trainer, state, epoch=0, num_epochs=1)
+  method.estimation = 'vmap'
+  for key, value in results['vmap'].items():
+    np.testing.assert_allclose(value, results['sequential'][key], rtol=1e-5, atol=1e-6)
+  assert (results['vmap']['train_after'] < results['vmap']['train_before']).all()
+
+
+def test_estimate_copy_trains_its_head_alone(online_trainer):
+  """Copy i has weight 1 on head i: a modality copy leaves the other encoder untouched."""
+  trainer = online_trainer
+  state = trainer.init_state()
+  copy = state.replace(method_state={'weights': {
+      h: jnp.float32(w) for h, w in {'fused': 0.0, 'a': 1.0, 'b': 0.0}.items()}})
+  new, _ = trainer.method._estimation_step(  # pylint: disable=protected-access
+      jax.device_put(copy, trainer.replicated), trainer.shard(next(trainer.train_iterator)))
+  changed = jax.tree.map(lambda x, y: bool((x != y).any()), state.params, new.params)
+  assert not any(jax.tree.leaves(changed['encoders_b']))
+  assert all(jax.tree.leaves(changed['encoders_a'])) and all(jax.tree.leaves(changed['head_a']))
+
+
+def test_online_run_never_recompiles_and_logs_estimates(online_trainer):
+  trainer, method, config = online_trainer, online_trainer.method, online_trainer.config
+  state = trainer.init_state()
+  seen = []
+  for epoch in range(config.num_epochs):
+    state, logged = method.on_epoch_start(trainer, state, epoch)
+    seen.append(logged)
+    for _ in range(trainer.steps_per_epoch):
+      state, _ = trainer.jit_train_step(state, trainer.next_batch())
+  assert all(seen) and len(seen) == 3  # an estimate before each of the 3 epochs
+  for logged in seen:
+    for family in ('weight', 'delta_g', 'delta_o', 'ogr'):
+      assert all(np.isfinite(logged[f'gblend/{family}/{h}']) for h in HEADS)
+    assert sum(logged[f'gblend/weight/{h}'] for h in HEADS) == pytest.approx(1.0, abs=1e-5)
+  assert seen[0] != seen[1]
+  assert trainer.jit_train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert method._stacked_estimation_step._cache_size() == 1  # pylint: disable=protected-access
+  # The weights in force are the last estimate's.
+  assert float(state.method_state['weights']['a']) == pytest.approx(seen[-1]['gblend/weight/a'])
+
+
+def _check_logged_estimates(workdir, moved_from_uniform=True):
+  last = metrics.select(metrics.read_metrics(workdir), 'train')[-1]
+  weights = [last[f'gblend/weight/{h}'] for h in HEADS]
+  assert sum(weights) == pytest.approx(1.0, abs=1e-5) and min(weights) >= 0
+  assert all(np.isfinite(last[f'gblend/{k}/{h}']) for k in ('delta_g', 'delta_o', 'ogr')
+             for h in HEADS)
+  if moved_from_uniform:
+    assert weights != pytest.approx([1 / 3] * 3)
+
+
+def test_offline_on_accuracy_trains_end_to_end(tmp_path):
+  config = _config('offline', metric='accuracy', estimation_epochs=1)
+  config.num_epochs = 2
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  _check_logged_estimates(str(tmp_path), moved_from_uniform=False)
+  records = metrics.select(metrics.read_metrics(str(tmp_path)), 'train')
+  assert [r['epoch'] for r in records] == [0, 1, 2]  # one estimate, at epoch 0
+  assert records[0]['gblend/weight/a'] == records[-1]['gblend/weight/a']
+  assert set(summary['test_at_best']) == set(HEADS)
+
+
+# ----- gradient estimator --------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def gradient_trainer():
+  """A gradient-estimator trainer with plain SGD (update = -0.1 * gradient), weights every 3 steps."""
+  config = _config('gradient', every_steps=3)
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.0
+  config.optimizer.learning_rate = 0.1
+  return train.Trainer(config)
+
+
+def test_gradient_estimator_applies_blended_gradient_and_measures_g_o(gradient_trainer):
+  trainer = gradient_trainer
+  state = trainer.init_state()
+  weights = {'fused': 0.5, 'a': 0.3, 'b': 0.0}  # b is a probe
+  state = jax.device_put(state.replace(method_state={
+      **state.method_state, 'weights': {h: jnp.float32(w) for h, w in weights.items()}}),
+                         trainer.replicated)
+  batch = trainer.next_batch()
+  new_state, _ = trainer.jit_train_step(state, batch)
+
+  def head_loss(params, head, inputs, labels, detach=False):
+    scales = {h: 0.0 for h in HEADS} if detach else None
+    outputs = trainer.model.apply({'params': params}, inputs, train=True, head_grad_scale=scales)
+    return jnp.mean(cross_entropy(outputs[head], labels))
+
+  head_grad = jax.jit(jax.grad(head_loss), static_argnums=(1, 4))
+
+  def grad(head, b=batch, detach=False):
+    return head_grad(state.params, head, b['inputs'], b['label'], detach)
+
+  expected = jax.tree.map(lambda f, a, b: 0.5 * f + 0.3 * a + b,
+                          grad('fused'), grad('a'), grad('b', detach=True))
+  for p, q, g in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params),
+                     jax.tree.leaves(expected)):
+    np.testing.assert_allclose((p - q) / 0.1, g, rtol=2e-4, atol=1e-6)
+  # First step: the EMA is debiased, so delta_g = G and delta_o = |O| of this batch.
+  for h in HEADS:
+    g_train, g_heldout = grad(h), grad(h, batch['heldout'])
+    g_value, o_value = ogr.first_order_generalization_and_overfitting(g_train, g_heldout, g_train)
+    assert float(new_state.method_state['delta_g'][h]) == pytest.approx(float(g_value), rel=1e-3)
+    assert float(new_state.method_state['delta_o'][h]) == pytest.approx(abs(float(o_value)),
+                                                                         rel=1e-3)
+
+
+def test_gradient_weights_update_every_m_steps_without_recompiling(gradient_trainer):
+  trainer = gradient_trainer
+  state = trainer.init_state()
+  history = []
+  for _ in range(6):
+    state, _ = trainer.jit_train_step(state, trainer.next_batch())
+    history.append(tuple(float(state.method_state['weights'][h]) for h in HEADS))
+  assert history[0] == history[1] == (pytest.approx(1 / 3),) * 3  # unchanged before step 3
+  assert history[2] != history[1] and history[3] == history[4] == history[2]
+  assert history[5] != history[4] and sum(history[5]) == pytest.approx(1.0, abs=1e-5)
+  assert trainer.jit_train_step._cache_size() == 1  # pylint: disable=protected-access
+
+
+# ----- resume ----------------------------------------------------------------------------------
+def _final_state(workdir, config):
+  trainer = train.Trainer(config)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  state, extra = ckpt.restore_latest(trainer.init_state())
+  ckpt.close()
+  return jax.device_get(state), extra
+
+
+def test_gradient_heldout_stream_follows_a_resumed_main_stream(gradient_trainer):
+  """A new process resuming at epoch 1 draws the same V batches as an uninterrupted run."""
+  trainer, method = gradient_trainer, gradient_trainer.method
+
+  def run_epoch(state, epoch):
+    state, _ = method.on_epoch_start(trainer, state, epoch)
+    for _ in range(trainer.steps_per_epoch):
+      state, _ = trainer.jit_train_step(state, trainer.next_batch())
+    return state
+
+  trainer.train_iterator.set_state({**trainer.train_iterator.get_state(), 'step': 0})
+  middle = run_epoch(trainer.init_state(), 0)
+  position = trainer.train_iterator.get_state()
+  full = run_epoch(middle, 1)
+  trainer.train_iterator.set_state(position)  # what a restart restores from the checkpoint
+  method.setup(trainer)  # a fresh process: the V stream starts over
+  resumed = run_epoch(middle, 1)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_across_online_reestimation_is_bit_identical(tmp_path):
+  config = _config('online')  # estimates before epochs 0 and 1; the run stops after epoch 0
+  config.num_epochs = 2
+  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config, full)
+  train.train_and_evaluate(config, resumed, stop_after_epoch=1)
+  train.train_and_evaluate(config, resumed)
+  state_full, extra_full = _final_state(full, config)
+  state_resumed, extra_resumed = _final_state(resumed, config)
+  assert extra_full == extra_resumed
+  for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert metrics.read_metrics(full) == metrics.read_metrics(resumed)
+  _check_logged_estimates(full)
