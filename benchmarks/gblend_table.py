@@ -172,7 +172,7 @@ def main():
         results[dataset][method].append(result)
         print(json.dumps({'dataset': dataset, 'method': method, 'seed': seed, **result}),
               flush=True)
-  text = table(results) + f'\nCommand: `nice python benchmarks/gblend_table.py`.\n'
+  text = table(results) + '\nCommand: `nice python benchmarks/gblend_table.py`.\n'
   with open(args.out, 'w', encoding='utf-8') as f:
     f.write(text)
   print(text)

@@ -3,6 +3,7 @@
 import os
 import sys
 
+import jax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,3 +29,13 @@ def tiny_synthetic_config(method: str = 'vanilla', **arg_kwargs):
 @pytest.fixture
 def tiny_config():
   return tiny_synthetic_config
+
+
+def restore_latest_state(workdir, config):
+  """The latest checkpoint of a run (state on the host, and its JSON extra)."""
+  from mmjax import checkpointing, train  # pylint: disable=import-outside-toplevel
+  trainer = train.Trainer(config)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  state, extra = ckpt.restore_latest(trainer.init_state())
+  ckpt.close()
+  return jax.device_get(state), extra

@@ -1,6 +1,5 @@
 """Gradient Blending: formulas against hand-computed values, estimators, compile counts, resume."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import tiny_synthetic_config
+from conftest import restore_latest_state, tiny_synthetic_config
 from configs import synthetic
-from mmjax import checkpointing, metrics, train
+from mmjax import metrics, train
 from mmjax.methods import ogr
 from mmjax.methods.gblend import GradientBlending
 from mmjax.step import cross_entropy
@@ -268,14 +267,6 @@ def test_gradient_weights_update_every_m_steps_without_recompiling(gradient_trai
 
 
 # ----- resume ----------------------------------------------------------------------------------
-def _final_state(workdir, config):
-  trainer = train.Trainer(config)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  state, extra = ckpt.restore_latest(trainer.init_state())
-  ckpt.close()
-  return jax.device_get(state), extra
-
-
 def test_gradient_heldout_stream_follows_a_resumed_main_stream(gradient_trainer):
   """A new process resuming at epoch 1 draws the same V batches as an uninterrupted run."""
   trainer, method = gradient_trainer, gradient_trainer.method
@@ -304,8 +295,8 @@ def test_resume_across_online_reestimation_is_bit_identical(tmp_path):
   train.train_and_evaluate(config, full)
   train.train_and_evaluate(config, resumed, stop_after_epoch=1)
   train.train_and_evaluate(config, resumed)
-  state_full, extra_full = _final_state(full, config)
-  state_resumed, extra_resumed = _final_state(resumed, config)
+  state_full, extra_full = restore_latest_state(full, config)
+  state_resumed, extra_resumed = restore_latest_state(resumed, config)
   assert extra_full == extra_resumed
   for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
     np.testing.assert_array_equal(a, b)

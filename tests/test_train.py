@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_synthetic_config
+from conftest import ROOT, restore_latest_state, tiny_synthetic_config
 from mmjax import checkpointing, data, metrics, train
 
 
@@ -67,14 +67,6 @@ def test_vanilla_learns_synthetic(tmp_path):
   assert summary['best_val']['fused'] > 0.6  # 4 classes: chance is 0.25
 
 
-def _final_params(workdir, config):
-  trainer = train.Trainer(config)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  state, extra = ckpt.restore_latest(trainer.init_state())
-  ckpt.close()
-  return jax.device_get(state), extra
-
-
 def test_resume_is_bit_identical(tmp_path):
   config = tiny_synthetic_config('uniform')
   config.num_epochs = 4
@@ -83,8 +75,8 @@ def test_resume_is_bit_identical(tmp_path):
   train.train_and_evaluate(config, resumed, stop_after_epoch=2)
   assert max(r['epoch'] for r in metrics.read_metrics(resumed)) == 2
   train.train_and_evaluate(config, resumed)
-  state_full, extra_full = _final_params(full, config)
-  state_resumed, extra_resumed = _final_params(resumed, config)
+  state_full, extra_full = restore_latest_state(full, config)
+  state_resumed, extra_resumed = restore_latest_state(resumed, config)
   assert extra_full == extra_resumed
   for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
     np.testing.assert_array_equal(a, b)
@@ -136,7 +128,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     train.train_and_evaluate(config, workdir)
   monkeypatch.undo()
   assert metrics.read_metrics(workdir) == records_before
-  state, extra = _final_params(workdir, config)
+  state, extra = restore_latest_state(workdir, config)
   assert int(state.step) == steps_per_epoch and extra['epoch'] == 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 

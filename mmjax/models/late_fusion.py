@@ -30,7 +30,28 @@ def scale_gradient(x: Array, scale: Array) -> Array:
   return detached + jnp.asarray(scale, x.dtype) * (x - detached)
 
 
-class LateFusionClassifier(nn.Module):
+class PerModalityHeads:
+  """``modalities`` and ``heads`` of a classifier with one encoder (``self.encoders``) per modality.
+
+  Shared by the late-fusion and the MMTM classifiers: outputs are keyed by head, ``'fused'``
+  then every modality in the order of ``encoders``.
+  """
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.encoders)
+
+  @property
+  def heads(self) -> tuple[str, ...]:
+    """The keys of the output: ``'fused'`` then every modality."""
+    return (FUSED, *self.modalities)
+
+  def check_modality_names(self) -> None:
+    if FUSED in self.encoders:
+      raise ValueError(f'{FUSED!r} names the fused head and cannot be a modality; rename that modality.')
+
+
+class LateFusionClassifier(PerModalityHeads, nn.Module):
   """Encoders per modality, a linear head per modality and an MLP head on the fused features.
 
   Attributes:
@@ -57,22 +78,12 @@ class LateFusionClassifier(nn.Module):
   def __post_init__(self):
     if not self.encoders:
       raise ValueError('LateFusionClassifier needs at least one encoder; got none.')
-    if FUSED in self.encoders:
-      raise ValueError(f'{FUSED!r} names the fused head and cannot be a modality; rename that modality.')
+    self.check_modality_names()
     if self.fusion not in FUSIONS:
       raise ValueError(f'fusion = {self.fusion!r} is not a fusion; valid fusions are {list(FUSIONS)}.')
     if not 0.0 <= self.fused_dropout < 1.0:
       raise ValueError(f'fused_dropout = {self.fused_dropout!r} must be in [0, 1).')
     super().__post_init__()
-
-  @property
-  def modalities(self) -> tuple[str, ...]:
-    return tuple(self.encoders)
-
-  @property
-  def heads(self) -> tuple[str, ...]:
-    """The keys of the output: ``'fused'`` then every modality."""
-    return (FUSED, *self.modalities)
 
   def setup(self):
     self.head = {h: nn.Dense(self.num_classes) for h in self.heads}

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.late_fusion import FUSED, scale_gradient
+from mmjax.models.late_fusion import FUSED, PerModalityHeads, scale_gradient
 
 Array = jax.Array
 PyTree = Any
@@ -104,7 +104,7 @@ class MMTM(nn.Module):
     return out
 
 
-class MMTMClassifier(nn.Module):
+class MMTMClassifier(PerModalityHeads, nn.Module):
   """Branches per modality with MMTMs after ``mmtm_stages``, a head per branch, mean fusion.
 
   Attributes:
@@ -122,8 +122,7 @@ class MMTMClassifier(nn.Module):
   def __post_init__(self):
     if len(self.encoders) < 2:
       raise ValueError(f'MMTMClassifier fuses two or more modalities; got {list(self.encoders)}.')
-    if FUSED in self.encoders:
-      raise ValueError(f'{FUSED!r} names the fused head and cannot be a modality; rename that modality.')
+    self.check_modality_names()
     if not self.mmtm_stages:
       raise ValueError('model.mmtm_stages is empty: the MMTM model needs at least one MMTM.')
     if list(self.mmtm_stages) != sorted(set(self.mmtm_stages)):
@@ -137,15 +136,6 @@ class MMTMClassifier(nn.Module):
     if not (isinstance(self.mmtm_ratio, int) and self.mmtm_ratio > 0):
       raise ValueError(f'model.mmtm_ratio = {self.mmtm_ratio!r} must be a positive integer.')
     super().__post_init__()
-
-  @property
-  def modalities(self) -> tuple[str, ...]:
-    return tuple(self.encoders)
-
-  @property
-  def heads(self) -> tuple[str, ...]:
-    """The keys of the output: ``'fused'`` then every modality."""
-    return (FUSED, *self.modalities)
 
   @property
   def mmtm_channels(self) -> tuple[dict[str, int], ...]:
