@@ -165,13 +165,20 @@ class Trainer:
   # ----- evaluation ---------------------------------------------------------------------------
   def evaluate(self, state: TrainState, split: str | data.Split, eval_step=None) -> dict[str, float]:
     """Mean loss and accuracy per head over a whole split (padding masked out)."""
+    return finalize_eval(self.eval_totals(state, split, eval_step or self.jit_eval_step))
+
+  def eval_totals(self, state: Any, split: str | data.Split, sums_fn) -> Any:
+    """Sums ``sums_fn(state, batch, mask)`` over a whole split in padded batches (on the host).
+
+    ``sums_fn`` is a compiled function returning masked sums (e.g. the eval step); methods
+    use this for their own passes over a split (stacked states, squeeze statistics).
+    """
     split_data = self.dataset.splits[split] if isinstance(split, str) else split
-    step_fn = eval_step or self.jit_eval_step
     totals = None
     for batch, mask in data.eval_batches(split_data, self.config.eval_batch_size):
-      sums = step_fn(state, self.shard(batch), self.put_global(mask))
+      sums = sums_fn(state, self.shard(batch), self.put_global(mask))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return finalize_eval(jax.device_get(totals))
+    return jax.device_get(totals)
 
 
 def _first_nonfinite(step_metrics: list[dict[str, np.ndarray]], first_step: int

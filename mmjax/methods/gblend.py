@@ -341,11 +341,7 @@ class GradientBlending(Method):
   def _evaluate_stacked(self, trainer: Any, stacked: Any, split: data.Split
                         ) -> dict[str, dict[str, float]]:
     """:meth:`Trainer.evaluate` of every stacked copy: ``{head_of_copy: {metric: mean}}``."""
-    totals = None
-    for batch, mask in data.eval_batches(split, trainer.config.eval_batch_size):
-      sums = self._stacked_estimation_eval(stacked, trainer.shard(batch), trainer.put_global(mask))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    totals = trainer.eval_totals(stacked, split, self._stacked_estimation_eval)
     return {head: step_lib.finalize_eval({k: v[i] for k, v in totals.items()})
             for i, head in enumerate(self.heads)}
 

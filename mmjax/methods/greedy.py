@@ -62,7 +62,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mmjax import data
 from mmjax.methods.base import Method, StepInfo
 from mmjax.models.mmtm import MMTMClassifier, parameter_groups
 from mmjax.step import eval_sums, forward
@@ -248,11 +247,7 @@ class BalancedMultimodalLearning(Method):
     """Per modality and MMTM, the mean squeeze over the train split (eval mode), cached per step."""
     step = int(jax.device_get(state.step))
     if self._mean_squeeze_cache is None or self._mean_squeeze_cache[0] != step:
-      totals = None
-      for batch, mask in data.eval_batches(trainer.dataset.splits['train'],
-                                           trainer.config.eval_batch_size):
-        sums = self._jit_squeeze_sums(state, trainer.shard(batch), trainer.put_global(mask))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      totals = trainer.eval_totals(state, 'train', self._jit_squeeze_sums)
       means = jax.tree.map(lambda s: s / totals['count'], totals['sums'])
       self._mean_squeeze_cache = (step, jax.device_put(means, trainer.replicated))
     return self._mean_squeeze_cache[1]
