@@ -52,9 +52,9 @@ class Checkpointer:
   """Saves and restores the latest and the best-validation checkpoints of a run."""
 
   def __init__(self, directory: str, keep: int = 2):
-    self.directory = directory
-    self._latest = _Manager(os.path.join(directory, 'latest'), keep)
-    self._best = _Manager(os.path.join(directory, 'best'), 1)
+    self.directory = os.path.abspath(directory)  # Orbax refuses relative paths.
+    self._latest = _Manager(os.path.join(self.directory, 'latest'), keep)
+    self._best = _Manager(os.path.join(self.directory, 'best'), 1)
 
   def latest_step(self) -> int | None:
     """The step of the newest checkpoint, or None when there is none."""

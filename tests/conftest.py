@@ -4,6 +4,7 @@ import os
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,3 +40,24 @@ def restore_latest_state(workdir, config):
   state, extra = ckpt.restore_latest(trainer.init_state())
   ckpt.close()
   return jax.device_get(state), extra
+
+
+def assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch):
+  """Runs ``config`` once straight through and once stopped after ``stop_after_epoch`` then
+  resumed; asserts identical final states, checkpoint extras and ``metrics.jsonl``.
+
+  Returns the two workdirs ``(full, resumed)``.
+  """
+  from mmjax import metrics, train  # pylint: disable=import-outside-toplevel
+  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(config, full)
+  train.train_and_evaluate(config, resumed, stop_after_epoch=stop_after_epoch)
+  assert max(r['epoch'] for r in metrics.read_metrics(resumed)) == stop_after_epoch
+  train.train_and_evaluate(config, resumed)
+  state_full, extra_full = restore_latest_state(full, config)
+  state_resumed, extra_resumed = restore_latest_state(resumed, config)
+  assert extra_full == extra_resumed
+  for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert metrics.read_metrics(full) == metrics.read_metrics(resumed)
+  return full, resumed

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import restore_latest_state, tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
 from configs import synthetic
 from mmjax import metrics, train
 from mmjax.methods import ogr
@@ -291,14 +291,5 @@ def test_gradient_heldout_stream_follows_a_resumed_main_stream(gradient_trainer)
 def test_resume_across_online_reestimation_is_bit_identical(tmp_path):
   config = _config('online')  # estimates before epochs 0 and 1; the run stops after epoch 0
   config.num_epochs = 2
-  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(config, full)
-  train.train_and_evaluate(config, resumed, stop_after_epoch=1)
-  train.train_and_evaluate(config, resumed)
-  state_full, extra_full = restore_latest_state(full, config)
-  state_resumed, extra_resumed = restore_latest_state(resumed, config)
-  assert extra_full == extra_resumed
-  for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
-    np.testing.assert_array_equal(a, b)
-  assert metrics.read_metrics(full) == metrics.read_metrics(resumed)
+  full, _ = assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch=1)
   _check_logged_estimates(full)

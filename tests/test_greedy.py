@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
 from mmjax import metrics, train
 from mmjax.methods import greedy
 from mmjax.methods.base import StepInfo
@@ -258,3 +258,12 @@ def test_needs_the_mmtm_model():
   with pytest.raises(ValueError, match="needs model.name = 'mmtm'"):
     train.Trainer(config)
 
+
+
+def test_resume_inside_guided_training_is_bit_identical(tmp_path):
+  """Window, running averages, speed sums and counts all come back from the checkpoint."""
+  config = tiny_synthetic_config('greedy', mode='guided')
+  config.num_epochs = 3
+  full, _ = assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch=2)
+  last = metrics.select(metrics.read_metrics(full), 'train')[-1]
+  assert last['greedy/rebalance/a'] + last['greedy/rebalance/b'] > 0

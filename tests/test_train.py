@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, restore_latest_state, tiny_synthetic_config
+from conftest import ROOT, assert_resume_is_bit_identical, restore_latest_state, tiny_synthetic_config
 from mmjax import checkpointing, data, metrics, train
 
 
@@ -70,17 +70,7 @@ def test_vanilla_learns_synthetic(tmp_path):
 def test_resume_is_bit_identical(tmp_path):
   config = tiny_synthetic_config('uniform')
   config.num_epochs = 4
-  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(config, full)
-  train.train_and_evaluate(config, resumed, stop_after_epoch=2)
-  assert max(r['epoch'] for r in metrics.read_metrics(resumed)) == 2
-  train.train_and_evaluate(config, resumed)
-  state_full, extra_full = restore_latest_state(full, config)
-  state_resumed, extra_resumed = restore_latest_state(resumed, config)
-  assert extra_full == extra_resumed
-  for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
-    np.testing.assert_array_equal(a, b)
-  assert metrics.read_metrics(full) == metrics.read_metrics(resumed)
+  assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch=2)
 
 
 def test_rerun_finished_run_is_a_no_op(tmp_path):
@@ -256,3 +246,12 @@ def test_read_metrics_skips_a_line_being_written(tmp_path):
   path = tmp_path / metrics.METRICS_FILE
   path.write_text('{"step": 1, "epoch": 1, "split": "val"}\n{"step": 2, "epo')
   assert metrics.read_metrics(str(tmp_path)) == [{'step': 1, 'epoch': 1, 'split': 'val'}]
+
+
+def test_relative_workdir(tmp_path, monkeypatch):
+  """The README's main command uses a relative --workdir; Orbax needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  config = tiny_synthetic_config('vanilla')
+  train.train_and_evaluate(config, 'runs/relative', stop_after_epoch=1)
+  train.train_and_evaluate(config, 'runs/relative')
+  assert os.listdir(tmp_path / 'runs' / 'relative' / 'checkpoints' / 'best')
