@@ -280,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       evals = {}
       for split in ('val', 'test'):
         evals[split] = trainer.evaluate(state, split)
-        evals[split].update(method.eval_metrics(trainer, state, split))
+        evals[split].update(method.eval_metrics(trainer, state, split, evals[split]))
         writer.write(step, epoch + 1, split, evals[split])
       writer.flush()
       val_acc = evals['val'][f'accuracy/{selection_head}']

@@ -195,7 +195,7 @@ def test_utilization_rate_matches_a_direct_computation(trainer, trained):
   batch = val.batch(np.arange(len(val)))
   full = model.apply(variables, batch['inputs'], train=False)
   acc = float(np.mean(np.argmax(full['fused'], -1) == batch['label']))
-  result = method.eval_metrics(trainer, state, 'val')
+  result = method.eval_metrics(trainer, state, 'val', trainer.evaluate(state, 'val'))
   for k, other in (('a', 'b'), ('b', 'a')):
     # f'_k by hand: branch k's output does not change with the other modality's input.
     inputs = dict(batch['inputs'])
@@ -237,7 +237,7 @@ def test_three_modalities_use_spreads():
   state = three.init_state()
   logged = jax.device_get(three.method.state_metrics(state.method_state))
   assert 'greedy/speed_spread' in logged and 'greedy/d_speed' not in logged
-  evaluated = three.method.eval_metrics(three, state, 'val')
+  evaluated = three.method.eval_metrics(three, state, 'val', three.evaluate(state, 'val'))
   assert 'greedy/util_spread' in evaluated and 'greedy/u/c' in evaluated
 
 

@@ -162,7 +162,12 @@ class Method:
     """Metrics logged with the train split at the end of every epoch."""
     return {f'{self.name}/weight/{h}': w for h, w in method_state['weights'].items()}
 
-  def eval_metrics(self, trainer: Any, state: Any, split: str) -> dict[str, float]:
-    """Extra metrics on an evaluation split (host side, may call compiled functions)."""
-    del trainer, state, split
+  def eval_metrics(self, trainer: Any, state: Any, split: str, evaluated: Mapping[str, float]
+                   ) -> dict[str, float]:
+    """Extra metrics on an evaluation split (host side, may call compiled functions).
+
+    ``evaluated`` holds the split's ``loss/<head>`` and ``accuracy/<head>`` already computed
+    by :meth:`Trainer.evaluate`, so a method need not run the full model again.
+    """
+    del trainer, state, split, evaluated
     return {}

@@ -252,12 +252,14 @@ class BalancedMultimodalLearning(Method):
       self._mean_squeeze_cache = (step, jax.device_put(means, trainer.replicated))
     return self._mean_squeeze_cache[1]
 
-  def eval_metrics(self, trainer: Any, state: Any, split: str) -> dict[str, float]:
+  def eval_metrics(self, trainer: Any, state: Any, split: str, evaluated: Mapping[str, float]
+                   ) -> dict[str, float]:
+    """Accuracy of every ``f'_k`` and the utilization rates, against ``A(f)`` in ``evaluated``."""
     mean_squeeze = self.mean_squeeze(trainer, state)
     results = trainer.evaluate(
         state, split, eval_step=lambda s, b, mask: self._jit_utilization_step(s, b, mask, mean_squeeze))
     unimodal = {m: results[f'accuracy/{m}'] for m in self.modalities}
-    util = conditional_utilization_rate(results['accuracy/fused'], unimodal)
+    util = conditional_utilization_rate(evaluated['accuracy/fused'], unimodal)
     out = {f'{self.name}/acc_unimodal/{m}': a for m, a in unimodal.items()}
     out.update({f'{self.name}/u/{m}': u for m, u in util.items()})
     out.update(self._difference('util', [util[m] for m in self.modalities]))
@@ -279,10 +281,8 @@ def _squeeze_sums(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], m
 
 def _utilization_eval_step(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array,
                            mean_squeeze: PyTree) -> dict[str, Array]:
-  """Eval sums of the full model's fused head and of every uni-modal ``f'_k`` (head ``k``)."""
-  full, _, _ = forward(model, state.params, state.model_state, batch['inputs'], train=False)
+  """Eval sums of every uni-modal ``f'_k`` (head ``k`` with the others' squeezes at their means)."""
   unimodal, _, _ = forward(model, state.params, state.model_state, batch['inputs'], train=False,
                            unimodal={m: jnp.bool_(True) for m in model.modalities},
                            mean_squeeze=mean_squeeze)
-  return eval_sums({'fused': full['fused'], **{m: unimodal[m] for m in model.modalities}},
-                   batch['label'], mask)
+  return eval_sums({m: unimodal[m] for m in model.modalities}, batch['label'], mask)
