@@ -9,7 +9,6 @@ metric keys: ``loss/<head>``, ``accuracy/<head>`` and each method's own keys und
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -20,10 +19,8 @@ TENSORBOARD_DIR = 'tensorboard'
 
 
 def _to_python(value: Any) -> float | int:
-  value = np.asarray(value).item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return value  # json writes NaN/Infinity, which Python's json reads back.
-  return value
+  """A Python scalar (NaN/Infinity stay as they are: json writes and reads them back)."""
+  return np.asarray(value).item()
 
 
 class MetricWriter:

@@ -26,7 +26,6 @@ from mmjax.step import TrainState, finalize_eval, make_eval_step, make_train_ste
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
-SPLITS = ('train', 'val', 'test')
 
 
 _DISTRIBUTED = []
