@@ -36,7 +36,7 @@ class StepInfo:
   grads: PyTree
   outputs: Mapping[str, Array]
   losses: Mapping[str, Array]
-  aux: Mapping[str, Any]  # intermediates the model returned (e.g. MMTM scales)
+  aux: Mapping[str, Any]  # the model's 'intermediates' (e.g. MMTM scales), plus what gradients() added
 
 
 def validate_weights(weights: Mapping[str, float], heads: Sequence[str], key: str) -> dict[str, float]:
@@ -139,7 +139,12 @@ class Method:
 
   def gradients(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
                 method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
-    """``((loss, aux), grads)`` of ``loss_fn(params, batch)``; methods may compute more."""
+    """``((loss, aux), grads)`` of ``loss_fn(params, batch)``; methods may compute more.
+
+    ``aux`` is ``(outputs, losses, model_state, intermediates)``; a method that measures
+    something while computing gradients adds it to ``intermediates`` under its own name, and
+    reads it back in :meth:`update_state` as ``info.aux[name]`` (G-Blend's gradient estimator).
+    """
     del method_state
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
 
