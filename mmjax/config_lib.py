@@ -9,11 +9,13 @@ after its default and rejects unknown keys.
 from __future__ import annotations
 
 import json
+import numbers
 from typing import Any, Mapping
 
 import ml_collections
 
 from mmjax import methods, optim
+from mmjax.errors import UserError
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -58,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 20
   config.log_every_steps = 50  # how often the progress bar shows the running train metrics
   config.checkpoint_keep = 2  # latest checkpoints kept (the best-val one is kept apart)
+  config.checkpoint_every_steps = 0  # also checkpoint every N steps within an epoch; 0: epoch ends only
   config.distributed = False  # call jax.distributed.initialize() (several hosts)
   config.progress_bar = True
   return config
@@ -69,17 +72,97 @@ def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
   return json.loads(json.dumps(plain, sort_keys=True))
 
 
-def diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = '') -> list[str]:
-  """Dotted keys whose values differ between two plain config dicts."""
-  keys = sorted(set(old) | set(new))
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ''
+                 ) -> list[tuple[str, Any, Any]]:
+  """``(dotted key, old value, new value)`` for every leaf that differs (``'<missing>'`` if absent)."""
   out = []
-  for key in keys:
+  for key in sorted(set(old) | set(new)):
     a, b = old.get(key, '<missing>'), new.get(key, '<missing>')
     if isinstance(a, dict) and isinstance(b, dict):
-      out += diff(a, b, f'{prefix}{key}.')
+      out += _differences(a, b, f'{prefix}{key}.')
     elif a != b:
-      out.append(f'{prefix}{key}: {a!r} -> {b!r}')
+      out.append((f'{prefix}{key}', a, b))
   return out
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """Dotted keys whose values differ between two plain config dicts, as ``'key: old -> new'``."""
+  return [f'{key}: {a!r} -> {b!r}' for key, a, b in _differences(old, new)]
+
+
+#: Top-level keys that may differ when a run resumes: they change how a run is shown, logged,
+#: checkpointed, evaluated in batches or started, not what it computes. Every other key
+#: (``seed``, ``data``, ``model``, ``method``, ``optimizer``, ``batch_size``, ``num_epochs``) is
+#: run-defining; ``num_epochs`` may still grow where :func:`num_epochs_can_grow` allows it.
+RESUMABLE_KEYS = ('progress_bar', 'log_every_steps', 'checkpoint_keep', 'checkpoint_every_steps',
+                  'eval_batch_size', 'distributed')
+
+#: Learning-rate schedules that do not depend on ``num_epochs``.
+EPOCH_FREE_SCHEDULES = ('constant', 'step', 'plateau')
+
+
+def num_epochs_can_grow(config: Mapping[str, Any]) -> bool:
+  """Whether a resumed run may train for more epochs than it was started with.
+
+  True when nothing computed so far depends on ``num_epochs``: a learning-rate schedule in
+  :data:`EPOCH_FREE_SCHEDULES` and a method that does not read it (G-Blend's offline and online
+  estimators size their estimation runs by it; its ``gradient`` estimator does not). The
+  resumed run then equals one started with the larger ``num_epochs``.
+  """
+  method = config['method']
+  if method['name'] == 'gblend' and method.get('estimator') != 'gradient':
+    return False
+  return config['optimizer'].get('schedule', 'constant') in EPOCH_FREE_SCHEDULES
+
+
+def resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """The accepted differences when ``new`` resumes a run started with ``old`` (plain dicts).
+
+  Keys of :data:`RESUMABLE_KEYS` may differ, and ``num_epochs`` may grow where
+  :func:`num_epochs_can_grow`; any other difference raises a :class:`UserError` listing them all.
+  """
+  accepted, refused = [], []
+  for key, a, b in _differences(old, new):
+    grows = (key == 'num_epochs' and isinstance(a, int) and isinstance(b, int) and b > a
+             and num_epochs_can_grow(new))
+    (accepted if key in RESUMABLE_KEYS or grows else refused).append(f'{key}: {a!r} -> {b!r}')
+  if refused:
+    raise UserError(
+        'the workdir holds a run with a different config; rerun with the same config to resume, '
+        'or choose a new --workdir. Run-defining differences: ' + '; '.join(refused) + '.')
+  return accepted
+
+
+def _check(key: str, value: Any, ok: bool, valid: str) -> None:
+  if not ok:
+    raise UserError(f'{key} = {value!r} is not valid: {valid}.')
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the top-level keys of a config (sections are checked by what they build).
+
+  Raises a :class:`UserError` naming the first unknown key or bad value.
+  """
+  known = base_config()
+  unknown = sorted(set(config.keys()) - set(known.keys()))
+  if unknown:
+    raise UserError(f'config.{unknown[0]} is not a config key; valid keys are {sorted(known.keys())}.')
+  missing = sorted(set(known.keys()) - set(config.keys()))
+  if missing:
+    raise UserError(f'config.{missing[0]} is missing; start from config_lib.base_config().')
+  for key in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps', 'checkpoint_keep'):
+    _check(key, config[key], _is_int(config[key]) and config[key] > 0, 'a positive integer')
+  for key in ('seed', 'checkpoint_every_steps'):
+    _check(key, config[key], _is_int(config[key]) and config[key] >= 0, 'an integer >= 0')
+  for key in ('progress_bar', 'distributed'):
+    _check(key, config[key], isinstance(config[key], bool), 'True or False')
+  for key in ('data', 'model', 'method', 'optimizer'):
+    _check(key, config[key], isinstance(config[key], (ml_collections.ConfigDict, Mapping)),
+           'a section of key: value options')
 
 
 #: Config-file arguments that set a method option when given (``estimator=online``).

@@ -4,32 +4,191 @@
 
 ``--config`` takes a config file with ``get_config(arg)``, the text after ``:`` as its
 argument, and ``--config.key=value`` overrides; ``--workdir`` holds everything the run writes.
+``--verbosity`` sets absl's log level (default -1: warnings; 0: info).
+
+A user's mistake (a bad flag, config file, key, value, data set or workdir) prints one line,
+``mmjax: error: ...``, on stderr and exits with code 2, before anything in the workdir changes;
+a full disk or an unwritable file during training prints one line naming the file (code 2);
+a non-finite loss prints one line (code 1). Anything else is a bug and keeps its traceback.
 """
 
-import jax
-from absl import app, flags, logging
+from __future__ import annotations
+
+import errno
+import re
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mmjax import train
+from mmjax.errors import UserError
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.')
-config_flags.DEFINE_config_file('config', None, 'A config file: configs/NAME.py[:ARGS].',
-                                lock_config=True)
+USAGE = ('usage: python -m mmjax.main --config configs/NAME.py[:ARGS] --workdir DIR '
+         '[--config.KEY=VALUE ...] [--verbosity N]')
+
+#: ``errno`` values of an ``OSError`` that come from the machine (disk, permissions), not a bug.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  if FLAGS.config.distributed:
-    train.initialize_distributed()
-  logging.warning('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
-                  jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+def _one_line(message: str) -> str:
+  return ' '.join(str(message).split())
+
+
+def _override_error(argv: Sequence[str], config: Any) -> str | None:
+  """Names the first ``--config.a.b=v`` whose key ``config`` lacks, with the valid keys there."""
+  for arg in argv:
+    match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
+    if not match:
+      continue
+    node, walked = config, 'config'
+    for part in match[1].split('.'):
+      keys = list(node.keys()) if hasattr(node, 'keys') else None
+      if keys is None:
+        return (f'--config.{match[1]}: {walked} is a value ({node!r}), it has no key {part!r}.')
+      if part not in keys:
+        return (f'--config.{match[1]}: {walked} has no key {part!r}; its keys are '
+                f'{sorted(keys)}.')
+      node, walked = node[part], f'{walked}.{part}'
+  return None
+
+
+def _config_file_error(error: BaseException) -> str:
+  """The user's mistake behind an exception raised while a config file loads, as one line."""
+  if isinstance(error, flags.IllegalFlagValueError):
+    # ml_collections re-raises get_config's ValueError or TypeError with a traceback in the
+    # message; the first exception of the chain is the user's.
+    flag = str(error).split(':', 1)[0].replace('flag ', '')
+    root = error
+    while (root.__cause__ or root.__context__) is not None:
+      root = root.__cause__ or root.__context__
+    return f'{flag}: {root}'
+  if isinstance(error, SyntaxError):
+    return (f'--config: the config file {error.filename!r} has a syntax error on line '
+            f'{error.lineno}: {error.msg}')
+  if isinstance(error, OSError):
+    cause = error.__cause__ or error.__context__
+    if isinstance(cause, OSError) and cause.filename:
+      return f'--config: {cause.strerror}: {cause.filename!r}'
+  return f'--config: the config file raised {type(error).__name__}: {error}'
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[Any, str, int]:
+  """``(config, workdir, verbosity)`` from the command line (without the program name).
+
+  Raises:
+    UserError: a missing, unknown or bad flag, a config file that does not load, an unknown
+      override key or a value of the wrong type.
+  """
+  argv = ['mmjax.main', *argv]
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('verbosity', -1, 'absl log level: -1 warnings, 0 info, 1 debug.',
+                       flag_values=flag_values)
+  config_flags.DEFINE_config_file('config', None, 'A config file: configs/NAME.py[:ARGS].',
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  # ml_collections loads every config file as the module 'config_config' and reuses a loaded
+  # one; a fresh module per parse keeps an earlier file's get_config from answering.
+  sys.modules.pop('config_config', None)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # one line per mistake: no ml_collections warnings
+  try:
+    rest = flag_values(argv)
+    config = flag_values.config if flag_values['config'].present else None
+  except (AttributeError, KeyError) as e:  # ml_collections: an override key the config lacks
+    plain = [a for a in argv if not re.match(r'^--?(?:no)?config\.', a)]
+    try:
+      plain_config = _parse_plain(plain)
+    except Exception as plain_error:  # pylint: disable=broad-except
+      raise UserError(_config_file_error(plain_error)) from plain_error
+    message = _override_error(argv, plain_config)
+    raise UserError(message or f'an override key is not in the config: {e}') from e
+  except flags.IllegalFlagValueError as e:
+    if 'Error whilst parsing config file' in str(e):
+      raise UserError(_config_file_error(e)) from e
+    raise UserError(f"{str(e).rstrip('.')}. {USAGE}") from e
+  except flags.Error as e:
+    raise UserError(f"{str(e).rstrip('.')}. {USAGE}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    # The user's config file did not load, or raised while it ran (anything get_config does).
+    raise UserError(_config_file_error(e)) from e
+  finally:
+    logging.set_verbosity(verbosity)
+  if len(rest) > 1:
+    raise UserError(f'unexpected arguments {rest[1:]}: flags take the form --name=value. {USAGE}')
+  for name in ('config', 'workdir'):
+    if not flag_values[name].present:
+      raise UserError(f'--{name} is required. {USAGE}')
+  filename = flag_values['config'].config_filename
+  if type(config).__name__ == '_ErrorConfig':  # ml_collections defers a file it cannot read
+    reason = re.search(r'\[Errno \d+\] [^:]*', str(config._error))  # pylint: disable=protected-access
+    raise UserError(f'--config {filename!r}: the config file cannot be read'
+                    f'{f" ({reason[0]})" if reason else ""}.')
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f'--config {filename!r}: get_config() returned {type(config).__name__}, '
+                    'not an ml_collections.ConfigDict.')
+  if not flag_values.workdir:
+    raise UserError(f'--workdir is empty. {USAGE}')
+  return config, flag_values.workdir, flag_values.verbosity
+
+
+def _parse_plain(argv: Sequence[str]) -> Any:
+  """The config of ``argv`` without its overrides (to name an override's unknown key)."""
+  sys.modules.pop('config_config', None)
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
+  flags.DEFINE_integer('verbosity', -1, '', flag_values=flag_values)
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values, sys_argv=list(argv))
+  flag_values(list(argv))
+  return flag_values.config
+
+
+def _environment_error(error: BaseException) -> OSError | None:
+  """An ``OSError`` from the machine (full disk, no permission) in ``error``'s chain, if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _error(message: str) -> None:
+  print(f'mmjax: error: {_one_line(message)}', file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs ``python -m mmjax.main`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in ('-h', '--help', '-help', '--helpshort', '--helpfull') for a in argv):
+    print(USAGE)
+    print(__doc__)
+    return 0
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl logging reads its own flags' defaults
+  try:
+    config, workdir, verbosity = parse_flags(argv)
+    logging.set_verbosity(verbosity)
+    train.train_and_evaluate(config, workdir)
+  except UserError as e:
+    _error(e)
+    return 2
+  except FloatingPointError as e:
+    _error(e)
+    return 1
+  except Exception as e:  # pylint: disable=broad-except
+    disk = _environment_error(e)
+    if disk is None:
+      raise
+    _error(f'cannot write {disk.filename or "the workdir"}: {disk.strerror or disk}. '
+           'Free space or fix permissions, then rerun the same command to resume.')
+    return 2
+  return 0
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  sys.exit(main())

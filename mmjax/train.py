@@ -18,10 +18,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mmjax import checkpointing, config_lib, data, methods, metrics, models, optim
+from mmjax.errors import UserError
 from mmjax.step import TrainState, finalize_eval, make_eval_step, make_train_step
 
 CONFIG_FILE = 'config.json'
@@ -38,31 +40,55 @@ def initialize_distributed() -> None:
     _DISTRIBUTED.append(True)
 
 
+def _read_config_file(path: str) -> dict[str, Any]:
+  """The config a run stored in ``path``; a :class:`UserError` naming the file if unreadable."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      stored = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f'{path} cannot be read as the config of the run in this workdir ({e}); '
+                    'restore it, or choose a new --workdir.') from e
+  if not isinstance(stored, dict):
+    raise UserError(f'{path} holds a JSON {type(stored).__name__}, not the config of a run; '
+                    'restore it, or choose a new --workdir.')
+  return stored
+
+
+def _check_writable(workdir: str) -> None:
+  """Raises a :class:`UserError` unless ``workdir`` is, or can be made, a writable directory."""
+  folder = os.path.abspath(workdir)
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    raise UserError(f'--workdir {workdir!r} cannot be a directory: {folder!r} is a file.')
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir {workdir!r} is not writable: no write permission on {folder!r}.')
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Creates ``workdir``, writes ``config.json``; refuses a workdir holding another config."""
+  """Creates ``workdir`` and writes ``config.json``, or checks that the run there may resume.
+
+  A workdir that holds a run resumes when the configs differ only in
+  :data:`config_lib.RESUMABLE_KEYS` (and a ``num_epochs`` that may grow); ``config.json`` is
+  then rewritten, atomically, with the new values. Anything else raises a :class:`UserError`
+  before the workdir is changed in any way.
+  """
   resolved = config_lib.to_dict(config)
+  path = os.path.join(workdir, CONFIG_FILE)
+  _check_writable(workdir)
+  if os.path.lexists(path):
+    accepted = config_lib.resume_changes(_read_config_file(path), resolved)
+    if not accepted:
+      return
+    logging.warning('resuming %s with changed settings: %s', workdir, '; '.join(accepted))
+  tmp = path + '.tmp'
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
-    os.remove(probe)
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(resolved, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
   except OSError as e:
-    raise ValueError(f'workdir {workdir!r} is not a writable directory: {e}') from None
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      previous = json.load(f)
-    changes = config_lib.diff(previous, resolved)
-    if changes:
-      raise ValueError(
-          f'workdir {workdir!r} holds a run with a different config; rerun with the same config '
-          f'to resume, or choose a new --workdir. Differences:\n  ' + '\n  '.join(changes))
-    return
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(resolved, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+    raise UserError(f'cannot write {e.filename or path}: {e.strerror or e}.') from e
 
 
 def _check_positive_int(config: ml_collections.ConfigDict, key: str) -> int:
@@ -225,12 +251,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns the run summary: best val accuracy per head, test accuracy at the best-val epoch
   and at the end.
   """
+  config_lib.validate(config)
   if config.distributed:
-    initialize_distributed()
+    try:
+      initialize_distributed()
+    except (RuntimeError, ValueError) as e:
+      raise UserError(f'distributed = True, but jax.distributed.initialize() failed: {e}') from e
+  try:
+    # Everything is checked (data, model, method, optimiser, batch sizes against the data,
+    # devices) before prepare_workdir writes anything.
+    trainer = Trainer(config)
+    state = trainer.init_state()
+  except UserError:
+    raise
+  except ValueError as e:
+    raise UserError(str(e)) from e
   prepare_workdir(workdir, config)
-  trainer = Trainer(config)
+  logging.warning('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
+                  jax.devices())
   method = trainer.method
-  state = trainer.init_state()
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint_keep)
   selection_head = method.selection_head
   start_epoch, best_val = 0, -math.inf
