@@ -107,6 +107,41 @@ def test_split_rejects_inconsistent_arrays():
     data.Split({'a': np.zeros((3, 2))}, np.zeros(3, np.float32))
 
 
+def _two_modality_dataset(changes=None):
+  """A 3-class data set of 4 examples per split; ``changes`` maps (split, what) to arrays."""
+  changes = changes or {}
+  splits = {}
+  for name in ('train', 'val', 'test'):
+    inputs = {'a': changes.get((name, 'a'), np.zeros((4, 2))),
+              'b': changes.get((name, 'b'), np.ones((4, 3)))}
+    splits[name] = data.Split(inputs, changes.get((name, 'label'), np.array([0, 1, 2, 0])))
+  return data.MultiModalDataset('mine', ('a', 'b'), 3, splits)
+
+
+@pytest.mark.parametrize('changes, match', [
+    ({('val', 'label'): np.array([0, 1, 3, 0])},
+     r'The val split has 1 labels outside \[0, 3\), the first 3 at example 2\.'),
+    ({('test', 'label'): np.array([-1, 1, 2, -2])},
+     r'The test split has 2 labels outside \[0, 3\), the first -1 at example 0\.'),
+    ({('train', 'b'): np.array([[0, 0, 0], [0, np.nan, 0], [0, 0, 0], [np.inf, 0, 0]])},
+     r"The train split has NaN or infinite 'b' inputs in 2 examples, the first at example 1\."),
+    ({('val', 'a'): np.full((4, 2), -np.inf)},
+     r"The val split has NaN or infinite 'a' inputs in 4 examples, the first at example 0\."),
+    ({('test', 'a'): np.zeros((0, 2)), ('test', 'b'): np.zeros((0, 3)),
+      ('test', 'label'): np.zeros(0, np.int32)},
+     r'The test split has no examples; every split needs at least one\.'),
+])
+def test_dataset_checks_its_splits_at_the_door(changes, match):
+  _two_modality_dataset()  # the unchanged data set is valid
+  with pytest.raises(ValueError, match=match):
+    _two_modality_dataset(changes)
+
+
+def test_split_names_the_modality_whose_rows_do_not_match_the_labels():
+  with pytest.raises(ValueError, match=r"inputs\['b'\] has shape \(5, 3\): 5 examples, but label has 4"):
+    _two_modality_dataset({("train", "b"): np.ones((5, 3))})
+
+
 # ----------------------------------------------------------------------------- cgmnist
 
 

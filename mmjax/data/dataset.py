@@ -51,8 +51,9 @@ class Split:
     for modality, array in self.inputs.items():
       array = np.asarray(array, dtype=np.float32)
       if array.ndim < 1 or array.shape[0] != label.shape[0]:
-        raise ValueError(f'inputs[{modality!r}] has shape {array.shape}; '
-                         f'expected {label.shape[0]} examples like label.')
+        raise ValueError(f'inputs[{modality!r}] has shape {array.shape}: '
+                         f'{array.shape[0] if array.ndim else 0} examples, but label has '
+                         f'{label.shape[0]}; every modality needs one row per label.')
       inputs[modality] = _read_only(array)
     object.__setattr__(self, 'inputs', inputs)
     object.__setattr__(self, 'label', _read_only(label.astype(np.int32, copy=False)))
@@ -91,16 +92,35 @@ class MultiModalDataset:
     if tuple(self.splits) != SPLITS:
       raise ValueError(f'splits must be {SPLITS} in that order, got {tuple(self.splits)}.')
     for split_name, split in self.splits.items():
-      if tuple(split.inputs) != self.modalities:
-        raise ValueError(f'The {split_name} split has modalities {tuple(split.inputs)}; '
-                         f'expected {self.modalities}.')
-      if len(split) and (split.label.min() < 0 or split.label.max() >= self.num_classes):
-        raise ValueError(f'The {split_name} split has labels outside [0, {self.num_classes}).')
+      check_split(split_name, split, self.modalities, self.num_classes)
 
   @property
   def modality_shapes(self) -> dict[str, tuple[int, ...]]:
     """The shape of one example of each modality, ``{modality: shape}``."""
     return {m: x.shape[1:] for m, x in self.splits['train'].inputs.items()}
+
+
+def check_split(split_name: str, split: Split, modalities: Sequence[str], num_classes: int) -> None:
+  """Checks a split at the door: its modalities, at least one example, labels in
+  ``[0, num_classes)``, finite inputs; a ``ValueError`` names the split, modality and example.
+
+  Vectorised: one pass over each array.
+  """
+  if tuple(split.inputs) != tuple(modalities):
+    raise ValueError(f'The {split_name} split has modalities {tuple(split.inputs)}; '
+                     f'expected {tuple(modalities)}.')
+  if not len(split):
+    raise ValueError(f'The {split_name} split has no examples; every split needs at least one.')
+  bad = np.flatnonzero((split.label < 0) | (split.label >= num_classes))
+  if bad.size:
+    raise ValueError(f'The {split_name} split has {bad.size} labels outside [0, {num_classes}), '
+                     f'the first {int(split.label[bad[0]])} at example {bad[0]}.')
+  for modality, x in split.inputs.items():
+    finite = np.isfinite(x).reshape(len(split), -1).all(axis=1)
+    if not finite.all():
+      bad = np.flatnonzero(~finite)
+      raise ValueError(f'The {split_name} split has NaN or infinite {modality!r} inputs in '
+                       f'{bad.size} examples, the first at example {bad[0]}.')
 
 
 def derive_seed(seed: int, *stream: int) -> int:
