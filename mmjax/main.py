@@ -55,6 +55,11 @@ def _override_error(argv: Sequence[str], config: Any) -> str | None:
   return None
 
 
+def _reason(error: BaseException) -> BaseException | None:
+  """The exception ``error`` was raised from or while handling (None when suppressed)."""
+  return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+
+
 def _config_file_error(error: BaseException) -> str:
   """The user's mistake behind an exception raised while a config file loads, as one line."""
   if isinstance(error, flags.IllegalFlagValueError):
@@ -62,8 +67,8 @@ def _config_file_error(error: BaseException) -> str:
     # message; the first exception of the chain is the user's.
     flag = str(error).split(':', 1)[0].replace('flag ', '')
     root = error
-    while (root.__cause__ or root.__context__) is not None:
-      root = root.__cause__ or root.__context__
+    while _reason(root) is not None:
+      root = _reason(root)
     return f'{flag}: {root}'
   if isinstance(error, SyntaxError):
     return (f'--config: the config file {error.filename!r} has a syntax error on line '
@@ -153,7 +158,7 @@ def _environment_error(error: BaseException) -> OSError | None:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
       return error
-    error = error.__cause__ or error.__context__
+    error = _reason(error)
   return None
 
 

@@ -65,22 +65,35 @@ def _check_writable(workdir: str) -> None:
     raise UserError(f'--workdir {workdir!r} is not writable: no write permission on {folder!r}.')
 
 
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> list[str] | None:
+  """Checks, reading only, that ``config`` may start or resume a run in ``workdir``.
+
+  Returns None for a new run, else the accepted differences from the stored config (empty when
+  there are none): the keys of :data:`config_lib.RESUMABLE_KEYS` and a ``num_epochs`` that may
+  grow. Raises a :class:`UserError` for a workdir that cannot hold a run, an unreadable
+  ``config.json`` or a run-defining difference.
+  """
+  _check_writable(workdir)
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.lexists(path):
+    return None
+  return config_lib.resume_changes(_read_config_file(path), config_lib.to_dict(config))
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates ``workdir`` and writes ``config.json``, or checks that the run there may resume.
 
-  A workdir that holds a run resumes when the configs differ only in
-  :data:`config_lib.RESUMABLE_KEYS` (and a ``num_epochs`` that may grow); ``config.json`` is
-  then rewritten, atomically, with the new values. Anything else raises a :class:`UserError`
-  before the workdir is changed in any way.
+  After :func:`check_workdir` accepts, a new run's ``config.json`` is written, and a resumed
+  run's is rewritten, atomically, when a resumable setting changed. Nothing in the workdir
+  changes when the check fails.
   """
-  resolved = config_lib.to_dict(config)
-  path = os.path.join(workdir, CONFIG_FILE)
-  _check_writable(workdir)
-  if os.path.lexists(path):
-    accepted = config_lib.resume_changes(_read_config_file(path), resolved)
+  accepted = check_workdir(workdir, config)
+  if accepted is not None:
     if not accepted:
       return
     logging.warning('resuming %s with changed settings: %s', workdir, '; '.join(accepted))
+  resolved = config_lib.to_dict(config)
+  path = os.path.join(workdir, CONFIG_FILE)
   tmp = path + '.tmp'
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -252,6 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   and at the end.
   """
   config_lib.validate(config)
+  check_workdir(workdir, config)  # cheap, before the data set and the model are built
   if config.distributed:
     try:
       initialize_distributed()
