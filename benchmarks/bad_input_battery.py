@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -289,11 +290,17 @@ DEFECTS = {
 }
 
 
-def register_defects() -> None:
-  """Adds the data sets of :data:`DEFECTS` to ``mmjax.data.DATASETS`` (idempotent)."""
+@contextlib.contextmanager
+def defects_registered() -> Iterator[None]:
+  """The data sets of :data:`DEFECTS` in ``mmjax.data.DATASETS`` for the duration of the block."""
   from mmjax import data  # pylint: disable=import-outside-toplevel
-  for name, corrupt in DEFECTS.items():
-    data.DATASETS.setdefault(name, _defect_module(name, corrupt))
+  added = [name for name in DEFECTS if name not in data.DATASETS]
+  data.DATASETS.update({name: _defect_module(name, DEFECTS[name]) for name in added})
+  try:
+    yield
+  finally:
+    for name in added:
+      del data.DATASETS[name]
 
 
 # ----- run directories ------------------------------------------------------------------------
@@ -362,16 +369,19 @@ def _fill(args: tuple[str, ...], workdir: str, files: str) -> list[str]:
 
 @contextlib.contextmanager
 def _captured_stderr() -> Iterator[Callable[[], str]]:
-  """Captures file descriptor 2 (Python, absl, C++) into a temporary file."""
+  """Captures file descriptor 2 (Python, absl, C++) and ``sys.stderr`` into a temporary file."""
   sys.stderr.flush()
-  saved = os.dup(2)
+  saved, saved_stream = os.dup(2), sys.stderr
   with tempfile.TemporaryFile(mode='w+b') as capture:
     os.dup2(capture.fileno(), 2)
+    # Python's sys.stderr may be another stream (pytest's capture): point it at descriptor 2.
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, 'w', closefd=False), write_through=True)
     text = []
     try:
       yield lambda: ''.join(text)
     finally:
       sys.stderr.flush()
+      sys.stderr = saved_stream
       os.dup2(saved, 2)
       os.close(saved)
       capture.seek(0)
@@ -417,11 +427,10 @@ def run_case(case: Case, scratch: str, cache: str, files: str, subprocess_mode: 
     code, stderr = out.returncode, out.stderr
   else:
     from mmjax import main  # pylint: disable=import-outside-toplevel
-    register_defects()
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-      with _captured_stderr() as stderr_text:
+      with defects_registered(), _captured_stderr() as stderr_text:
         code = main.main(argv)
     finally:
       os.chdir(cwd)
