@@ -60,7 +60,7 @@ def _check_writable(workdir: str) -> None:
   while not os.path.lexists(folder):
     folder = os.path.dirname(folder)
   if not os.path.isdir(folder):
-    raise UserError(f'--workdir {workdir!r} cannot be a directory: {folder!r} is a file.')
+    raise UserError(f'--workdir {workdir!r} is not a writable directory: {folder!r} is a file.')
   if not os.access(folder, os.W_OK | os.X_OK):
     raise UserError(f'--workdir {workdir!r} is not writable: no write permission on {folder!r}.')
 

@@ -3,6 +3,7 @@
 import math
 
 import jax.numpy as jnp
+import ml_collections
 import optax
 import pytest
 
@@ -49,6 +50,78 @@ def test_config_unknown_method():
 
 def test_config_diff():
   assert config_lib.diff({'a': 1, 'b': {'c': 2}}, {'a': 1, 'b': {'c': 3}}) == ['b.c: 2 -> 3']
+  assert config_lib.diff({'a': 1}, {'a': 1, 'd': 4}) == ["d: '<missing>' -> 4"]
+
+
+def _stored(**changes):
+  """A synthetic config as config.json holds it, with top-level ``changes``."""
+  config = config_lib.to_dict(synthetic.get_config('method=uniform'))
+  config.update(changes)
+  return config
+
+
+def test_resumable_settings_are_accepted_and_listed():
+  old = _stored()
+  new = _stored(progress_bar=False, log_every_steps=7, checkpoint_keep=5, eval_batch_size=32,
+                checkpoint_every_steps=100, distributed=True, num_epochs=25)
+  assert config_lib.resume_changes(old, new) == [
+      'checkpoint_every_steps: 0 -> 100', 'checkpoint_keep: 2 -> 5', 'distributed: False -> True',
+      'eval_batch_size: 256 -> 32', 'log_every_steps: 10 -> 7', 'num_epochs: 20 -> 25',
+      'progress_bar: True -> False']
+  assert config_lib.resume_changes(old, dict(old)) == []
+
+
+@pytest.mark.parametrize('changes, refused', [
+    ({'seed': 1}, 'seed: 0 -> 1'),
+    ({'batch_size': 32}, 'batch_size: 64 -> 32'),
+    ({'num_epochs': 19}, 'num_epochs: 20 -> 19'),  # shrinking is run-defining
+])
+def test_run_defining_changes_are_refused(changes, refused):
+  with pytest.raises(config_lib.UserError, match=f'Run-defining differences: {refused}.$'):
+    config_lib.resume_changes(_stored(), _stored(**changes))
+
+
+def test_num_epochs_grows_only_where_nothing_depends_on_it():
+  def grown(optimizer=None, method=None):
+    old = _stored()
+    old['optimizer'].update(optimizer or {})
+    old['method'].update(method or {})
+    new = {**old, 'num_epochs': old['num_epochs'] + 5}
+    try:
+      return config_lib.resume_changes(old, new) == ['num_epochs: 20 -> 25']
+    except config_lib.UserError:
+      return False
+  assert grown() and grown({'schedule': 'step'}) and grown({'schedule': 'plateau'})
+  assert not grown({'schedule': 'cosine'})
+  assert not grown(method={'name': 'gblend', 'estimator': 'online'})
+  assert not grown(method={'name': 'gblend', 'estimator': 'offline'})
+  assert grown(method={'name': 'gblend', 'estimator': 'gradient'})
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('batch_size', 0, 'batch_size = 0 is not valid: a positive integer'),
+    ('num_epochs', 2.0, 'num_epochs = 2.0 is not valid: a positive integer'),
+    ('checkpoint_keep', True, 'checkpoint_keep = True is not valid: a positive integer'),
+    ('checkpoint_every_steps', -1, 'checkpoint_every_steps = -1 is not valid: an integer >= 0'),
+    ('seed', -3, 'seed = -3 is not valid: an integer >= 0'),
+    ('progress_bar', 1, 'progress_bar = 1 is not valid: True or False'),
+    ('data', 3, 'data = 3 is not valid: a section'),
+])
+def test_validate_names_the_bad_top_level_value(key, value, match):
+  # A config built in Python without type safety can hold any value.
+  config = ml_collections.ConfigDict(synthetic.get_config('smoke').to_dict(), type_safe=False)
+  config_lib.validate(config)
+  config[key] = value
+  with pytest.raises(config_lib.UserError, match=match):
+    config_lib.validate(config)
+
+
+def test_validate_names_an_unknown_top_level_key():
+  config = synthetic.get_config('smoke')
+  with config.unlocked():
+    config.epochs = 3
+  with pytest.raises(config_lib.UserError, match=r"config.epochs is not a config key; valid keys are \['batch_size'"):
+    config_lib.validate(config)
 
 
 def _lr_after(tx, steps, value=1.0):
