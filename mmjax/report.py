@@ -6,7 +6,8 @@ writes into ``REPORT_DIR``:
 
 - ``comparison.md`` and ``comparison.csv``: best-val accuracy and test accuracy at the best-val
   epoch per head, one row per group of runs whose ``config.json`` differ only in ``seed``
-  (mean ± sample standard deviation over the seeds); ``runs.csv``: the same numbers per run;
+  (mean ± sample standard deviation over the seeds; two runs with the same config and seed are
+  one run, counted once, and a note says so); ``runs.csv``: the same numbers per run;
 - ``<run>/accuracy.png`` and ``<run>/loss.png``: per head over epochs, train, val and test;
 - ``<run>/gblend_weights.png`` and ``<run>/gblend_ogr.png``: G-Blend's blend weights and
   overfitting-to-generalization ratios over epochs (G-Blend runs);
@@ -206,8 +207,11 @@ class ComparisonTable:
 
   Attributes:
     heads: the heads in the columns (the union over the runs, ``fused`` first).
-    groups: per group, a dict with ``group``, ``method``, ``config``, ``runs``, ``seeds``,
-      ``epochs`` and ``best_val/<head>`` / ``test_at_best/<head>`` as ``(mean, std, n)``.
+    groups: per group, a dict with ``group``, ``method``, ``config``, ``runs``, ``seeds`` (each
+      seed once), ``repeats`` (seed -> the names of the runs that share it, where several do),
+      ``repeat_spread`` (seed -> the largest accuracy difference between those runs), ``epochs``
+      and ``best_val/<head>`` / ``test_at_best/<head>`` as ``(mean, std, n)`` over the seeds: runs
+      with the same config and seed count as one seed, with their mean.
     runs: per run, a dict with ``run``, ``method``, ``seed``, ``epochs``, ``best_epoch``,
       ``selection_head`` and ``best_val/<head>`` / ``test_at_best/<head>`` floats.
   """
@@ -215,8 +219,25 @@ class ComparisonTable:
   groups: list[dict[str, Any]]
   runs: list[dict[str, Any]]
 
+  @property
+  def notes(self) -> list[str]:
+    """One sentence per set of runs with the same config and seed, which count as one."""
+    notes = []
+    for g in self.groups:
+      for seed, names in g['repeats'].items():
+        spread = g['repeat_spread'][seed]
+        agree = ('identical results' if spread == 0 else
+                 f'accuracies differ by up to {spread:.4f}; their mean is used')
+        notes.append(f"{' and '.join(names)} have the same config and seed {seed}: counted as "
+                     f'one run ({agree}).')
+    return notes
+
   def to_markdown(self, digits: int = 4) -> str:
-    """A Markdown table: per group and head, ``mean ± std`` (``n`` seeds), or ``—`` when absent."""
+    """A Markdown table: per group and head, ``mean ± std`` (``n`` seeds), or ``—`` when absent.
+
+    Runs with the same config and seed count as one seed (the seeds cell says ``0 (2 runs)``),
+    and a note under the table names them.
+    """
     def cell(stats):
       mean, std, n = stats
       if not math.isfinite(mean):
@@ -226,11 +247,14 @@ class ComparisonTable:
     header += [f'{kind} {h}' for kind in ('best val', 'test @best') for h in self.heads]
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for g in self.groups:
-      row = [g['group'], g['method'], g['config'] or '—', ', '.join(map(str, g['seeds'])),
+      seeds = ', '.join(f"{s} ({len(g['repeats'][s])} runs)" if s in g['repeats'] else str(s)
+                        for s in g['seeds'])
+      row = [g['group'], g['method'], g['config'] or '—', seeds,
              ', '.join(map(str, sorted(set(g['epochs']))))]
       row += [cell(g[f'{kind}/{h}']) for kind in ('best_val', 'test_at_best') for h in self.heads]
       lines.append('| ' + ' | '.join(str(c).replace('|', '\\|') for c in row) + ' |')
-    return '\n'.join(lines) + '\n'
+    notes = [''] + [f'Note: {n}' for n in self.notes] if self.notes else []
+    return '\n'.join(lines + notes) + '\n'
 
   def to_csv(self) -> str:
     """One row per group: ``<kind>/<head>/mean``, ``/std`` and ``/n`` columns (empty when absent)."""
@@ -296,12 +320,23 @@ def comparison_table(runs: Run | Sequence[Run]) -> ComparisonTable:
   group_rows = []
   for group, label in zip(groups, _group_labels(groups)):
     rows = [per_run[id(r)] for r in group]
-    g = {'group': _group_name(group, runs), 'method': group[0].method, 'config': label, 'runs': [r.name for r in group],
-         'seeds': [r.seed for r in group], 'epochs': [row['epochs'] for row in rows]}
+    by_seed: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+      by_seed.setdefault(row['seed'], []).append(row)
+    repeats = {seed: [r['run'] for r in same] for seed, same in by_seed.items() if len(same) > 1}
+    g = {'group': _group_name(group, runs), 'method': group[0].method, 'config': label,
+         'runs': [r.name for r in group], 'seeds': list(by_seed), 'repeats': repeats,
+         'repeat_spread': {}, 'epochs': [row['epochs'] for row in rows]}
     for kind in ('best_val', 'test_at_best'):
       for h in heads:
-        values = [row[f'{kind}/{h}'] for row in rows]
-        g[f'{kind}/{h}'] = (*_mean_std(values), sum(math.isfinite(v) for v in values))
+        # Runs with the same config and seed are one run: their mean is that seed's value.
+        per_seed = [_mean_std([r[f'{kind}/{h}'] for r in same])[0] for same in by_seed.values()]
+        g[f'{kind}/{h}'] = (*_mean_std(per_seed), sum(math.isfinite(v) for v in per_seed))
+    for seed in repeats:
+      spreads = [np.ptp([r[k] for r in by_seed[seed]]) for k in by_seed[seed][0]
+                 if k.startswith(('best_val/', 'test_at_best/'))
+                 and all(math.isfinite(r[k]) for r in by_seed[seed])]
+      g['repeat_spread'][seed] = float(max(spreads, default=0.0))
     group_rows.append(g)
   return ComparisonTable(heads=heads, groups=group_rows, runs=[per_run[id(r)] for r in runs])
 

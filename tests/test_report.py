@@ -165,6 +165,30 @@ def test_table_groups_seeds_as_mean_and_std(runs):
   assert float(per_run[1]['best_val/b']) == pytest.approx(runs['gblend'][1]['best_val']['b'])
 
 
+def test_runs_with_the_same_config_and_seed_count_as_one(runs, tmp_path):
+  """Item 14: a copy of a run (same config, same seed) is not a second seed."""
+  shutil.copytree(runs['vanilla_s0'][0], tmp_path / 'again')
+  loaded = report.load_runs([runs['vanilla_s0'][0], str(tmp_path / 'again'), runs['vanilla_s1'][0]])
+  table = report.comparison_table(loaded)
+  (group,) = table.groups
+  assert group['seeds'] == [0, 1] and group['repeats'] == {0: [loaded[0].name, loaded[1].name]}
+  for head in HEADS:
+    values = [runs[k][1]['test_at_best'][head] for k in ('vanilla_s0', 'vanilla_s1')]
+    mean, std, n = group[f'test_at_best/{head}']
+    assert n == 2 and mean == pytest.approx(np.mean(values))  # not (2 * s0 + s1) / 3
+    assert std == pytest.approx(np.std(values, ddof=1))
+  note = (f'{loaded[0].name} and {loaded[1].name} have the same config and seed 0: counted as one run '
+          '(identical results).')
+  assert table.notes == [note]
+  markdown = table.to_markdown()
+  assert '| 0 (2 runs), 1 |' in markdown and markdown.endswith(f'\nNote: {note}\n')
+
+  alone = report.comparison_table(report.load_runs([runs['vanilla_s0'][0], str(tmp_path / 'again')]))
+  mean, std, n = alone.groups[0]['best_val/fused']
+  assert (mean, std, n) == (runs['vanilla_s0'][1]['best_val']['fused'], 0.0, 1)
+  assert '±' not in alone.to_markdown().splitlines()[2]
+
+
 def test_group_label_names_what_differs(runs, tmp_path):
   other = tmp_path / 'lr'
   shutil.copytree(runs['vanilla_s0'][0], other)
