@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
 from mmjax import checkpointing, config_lib, data, methods, metrics, models, optim
 from mmjax.errors import UserError
+from mmjax.progress import tqdm
 from mmjax.step import TrainState, finalize_eval, make_eval_step, make_train_step
 
 CONFIG_FILE = 'config.json'

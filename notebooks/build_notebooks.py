@@ -63,7 +63,8 @@ if REPO is None:
   subprocess.run(['git', 'clone', '--depth', '1', os.environ['MMJAX_GIT_URL'], 'mmjax'], check=True)
   REPO = pathlib.Path('mmjax').resolve()
 if importlib.util.find_spec('mmjax') is None:
-  pip = [sys.executable, '-m', 'pip', 'install', '--quiet', '-e', str(REPO)]
+  # The notebook extra adds ipywidgets, for progress bars drawn as widgets.
+  pip = [sys.executable, '-m', 'pip', 'install', '--quiet', '-e', f'{REPO}[notebook]']
   if has_accelerator():
     # Keep the runtime's JAX build (CUDA or TPU); the rest follows pyproject.toml.
     pip += [f'{name}=={importlib.metadata.version(name)}' for name in ('jax', 'jaxlib')]

@@ -61,4 +61,6 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
   assert not any(o.get('output_type') == 'error' for c in nb.cells if c.cell_type == 'code'
                  for o in c.outputs)
   assert os.listdir(tmp_path / 'runs'), 'the notebook wrote no runs under MMJAX_NOTEBOOK_RUNS'
+  streams = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
+  assert 'IProgress not found' not in streams and 'TqdmWarning' not in streams
   print(f'{name}: {elapsed:.1f} s')
