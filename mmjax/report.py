@@ -5,7 +5,8 @@
 writes into ``REPORT_DIR``:
 
 - ``comparison.md`` and ``comparison.csv``: best-val accuracy and test accuracy at the best-val
-  epoch per head, one row per group of runs whose ``config.json`` differ only in ``seed``
+  epoch per head, one row per group of runs whose ``config.json`` differ only in ``seed`` and
+  in settings that do not change results (progress bar, logging, checkpointing)
   (mean ± sample standard deviation over the seeds; two runs with the same config and seed are
   one run, counted once, and a note says so); ``runs.csv``: the same numbers per run;
 - ``<run>/accuracy.png`` and ``<run>/loss.png``: per head over epochs, train, val and test;
@@ -40,7 +41,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmjax import methods, metrics, train
+from mmjax import config_lib, methods, metrics, train
 
 SPLIT_STYLES = {'train': ':', 'val': '--', 'test': '-'}
 RUN_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
@@ -164,11 +165,18 @@ def _flatten(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def _run_defining(config: Mapping[str, Any]) -> dict[str, Any]:
+  """The config without ``seed`` and the settings that do not change results
+  (:data:`mmjax.config_lib.RESUMABLE_KEYS`: progress bar, logging, checkpointing, ...)."""
+  return {k: v for k, v in config.items() if k != 'seed' and k not in config_lib.RESUMABLE_KEYS}
+
+
 def group_runs(runs: Sequence[Run]) -> list[list[Run]]:
-  """Groups runs whose configs differ only in ``seed``, in the order of first appearance."""
+  """Groups runs whose configs differ only in ``seed`` (and settings that do not change
+  results), in the order of first appearance."""
   groups: dict[str, list[Run]] = {}
   for run in runs:
-    key = json.dumps({k: v for k, v in run.config.items() if k != 'seed'}, sort_keys=True)
+    key = json.dumps(_run_defining(run.config), sort_keys=True)
     groups.setdefault(key, []).append(run)
   return list(groups.values())
 
@@ -180,7 +188,7 @@ def _group_labels(groups: Sequence[Sequence[Run]]) -> list[str]:
   in its groups) hold different values; ``seed`` (within a group) and ``method.name`` (a column
   of its own) are left out.
   """
-  flat = [_flatten({k: v for k, v in g[0].config.items() if k != 'seed'}) for g in groups]
+  flat = [_flatten(_run_defining(g[0].config)) for g in groups]
   keys = sorted(set().union(*flat))
   differing = [k for k in keys if k != 'method.name'
                and len({json.dumps(f[k]) for f in flat if k in f}) > 1]

@@ -168,6 +168,9 @@ def test_table_groups_seeds_as_mean_and_std(runs):
 def test_runs_with_the_same_config_and_seed_count_as_one(runs, tmp_path):
   """Item 14: a copy of a run (same config, same seed) is not a second seed."""
   shutil.copytree(runs['vanilla_s0'][0], tmp_path / 'again')
+  config = json.loads((tmp_path / 'again' / 'config.json').read_text())
+  config.update(progress_bar=not config['progress_bar'], log_every_steps=7)  # not run-defining
+  (tmp_path / 'again' / 'config.json').write_text(json.dumps(config))
   loaded = report.load_runs([runs['vanilla_s0'][0], str(tmp_path / 'again'), runs['vanilla_s1'][0]])
   table = report.comparison_table(loaded)
   (group,) = table.groups
