@@ -15,6 +15,7 @@ a non-finite loss prints one line (code 1). Anything else is a bug and keeps its
 from __future__ import annotations
 
 import errno
+import logging as logging_std
 import re
 import sys
 from typing import Any, Sequence
@@ -151,15 +152,37 @@ def _parse_plain(argv: Sequence[str]) -> Any:
   return flag_values.config
 
 
-def _environment_error(error: BaseException) -> OSError | None:
-  """An ``OSError`` from the machine (full disk, no permission) in ``error``'s chain, if any."""
+#: How Orbax (tensorstore) reports a full disk or a missing permission inside its own errors.
+_STORAGE_MESSAGES = ('No space left on device', 'Disk quota exceeded', 'Permission denied',
+                     'Read-only file system')
+
+
+def _environment_error(error: BaseException) -> tuple[str, str] | None:
+  """``(file, reason)`` for a full disk or a missing permission in ``error``'s chain, else None.
+
+  Python raises ``OSError`` with an ``errno``; Orbax's asynchronous saves raise a ``ValueError``
+  whose message holds the path and the system's reason.
+  """
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-      return error
+      return str(error.filename or 'the workdir'), error.strerror or str(error)
+    reason = next((m for m in _STORAGE_MESSAGES if m in str(error)), None)
+    if reason is not None:
+      path = re.search(r'(?:Error writing local file|Failed writing:?) "([^"]+)"', str(error))
+      return (path[1] if path else 'the workdir'), reason
     error = _reason(error)
   return None
+
+
+class _StorageErrorFilter(logging_std.Filter):
+  """Drops log records about a full disk or a missing permission: ``main`` prints one line."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.exc_info and _environment_error(record.exc_info[1]) is not None:
+      return False
+    return not any(m in record.getMessage() for m in _STORAGE_MESSAGES)
 
 
 def _error(message: str) -> None:
@@ -175,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # absl logging reads its own flags' defaults
+  logging.use_absl_handler()  # absl's log format on stderr, as absl.app.run sets it up
+  storage_filter = _StorageErrorFilter()
+  logging.get_absl_logger().addFilter(storage_filter)
   try:
     config, workdir, verbosity = parse_flags(argv)
     logging.set_verbosity(verbosity)
@@ -186,12 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _error(e)
     return 1
   except Exception as e:  # pylint: disable=broad-except
-    disk = _environment_error(e)
-    if disk is None:
+    storage = _environment_error(e)
+    if storage is None:
       raise
-    _error(f'cannot write {disk.filename or "the workdir"}: {disk.strerror or disk}. '
-           'Free space or fix permissions, then rerun the same command to resume.')
+    _error(f'cannot write {storage[0]}: {storage[1]}. Free space or fix permissions, then rerun '
+           'the same command to resume.')
     return 2
+  finally:
+    logging.get_absl_logger().removeFilter(storage_filter)
   return 0
 
 

@@ -8,11 +8,14 @@ subprocesses.
 import errno
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import bad_input_battery as battery
-from conftest import tiny_synthetic_config
+from conftest import ROOT, tiny_synthetic_config
 from mmjax import main, metrics, train
 from mmjax.errors import UserError
 
@@ -84,6 +87,34 @@ def test_a_full_disk_during_training_is_one_line_naming_the_file(tmp_path, monke
   assert err[-1] == (f'mmjax: error: cannot write {path}: No space left on device. Free space or '
                      'fix permissions, then rerun the same command to resume.')
   assert not any('Traceback' in line for line in err)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 300 KiB tmpfs: room for config.json and the first metrics, not for a checkpoint."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=300k', 'tmpfs', str(mount)],
+                        capture_output=True, check=False)
+  if done.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {done.stderr.decode().strip()}')
+  yield mount
+  subprocess.run(['umount', str(mount)], check=True)
+
+
+def test_a_really_full_disk_is_one_line(small_disk):
+  """Orbax's background saves fail with ENOSPC: one line naming the file, not 600 lines of
+  tracebacks from its threads."""
+  workdir = str(small_disk / 'run')
+  cmd = [sys.executable, '-m', 'mmjax.main', '--config', 'configs/synthetic.py:method=uniform,smoke',
+         '--config.data.num_train=256', '--config.progress_bar=False', '--workdir', workdir]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert [line for line in lines if 'JAX process' not in line] == [lines[-1]]
+  assert re.fullmatch(rf'mmjax: error: cannot write {re.escape(workdir)}/\S+: No space left on '
+                      r'device\. Free space or fix permissions, then rerun the same command to '
+                      r'resume\.', lines[-1])
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
