@@ -328,7 +328,7 @@ def _entry(folder: str, path: str) -> tuple:
   return (os.path.relpath(path, folder), st.st_mode, st.st_size, st.st_mtime_ns, digest)
 
 
-def _finished_run(cache: str, in_process: bool = True) -> str:
+def _finished_run(cache: str) -> str:
   """A finished run of ``BASE`` under ``cache`` (made once)."""
   workdir = os.path.join(cache, 'finished_run')
   if not os.path.isdir(workdir):
