@@ -157,30 +157,41 @@ _STORAGE_MESSAGES = ('No space left on device', 'Disk quota exceeded', 'Permissi
                      'Read-only file system')
 
 
-def _environment_error(error: BaseException) -> tuple[str, str] | None:
+def _chain(error: BaseException | None) -> list[BaseException]:
+  """``error`` and the exceptions it was raised from or while handling, outermost first."""
+  chain: list[BaseException] = []
+  while error is not None and all(error is not seen for seen in chain):
+    chain.append(error)
+    error = _reason(error)
+  return chain
+
+
+def _environment_error(error: BaseException, workdir: str) -> tuple[str, str] | None:
   """``(file, reason)`` for a full disk or a missing permission in ``error``'s chain, else None.
 
-  Python raises ``OSError`` with an ``errno``; Orbax's asynchronous saves raise a ``ValueError``
-  whose message holds the path and the system's reason.
+  Python raises ``OSError`` with an ``errno`` and a file name; Orbax's asynchronous saves raise
+  ``ValueError`` s whose messages hold the system's reason and, somewhere in the chain, a path.
   """
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-      return str(error.filename or 'the workdir'), error.strerror or str(error)
-    reason = next((m for m in _STORAGE_MESSAGES if m in str(error)), None)
-    if reason is not None:
-      path = re.search(r'(?:Error writing local file|Failed writing:?) "([^"]+)"', str(error))
-      return (path[1] if path else 'the workdir'), reason
-    error = _reason(error)
-  return None
+  reason = None
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+      if e.filename:
+        return str(e.filename), e.strerror or str(e)
+      reason = reason or e.strerror or str(e)
+    reason = reason or next((m for m in _STORAGE_MESSAGES if m in str(e)), None)
+  if reason is None:
+    return None
+  paths = [m[1] for e in _chain(error)
+           for m in [re.search(r'Failed writing:? "(/[^"]+)"', str(e)) or
+                     re.search(r'"(/[^"]+)"', str(e))] if m]
+  return (paths[0] if paths else workdir), reason
 
 
 class _StorageErrorFilter(logging_std.Filter):
   """Drops log records about a full disk or a missing permission: ``main`` prints one line."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    if record.exc_info and _environment_error(record.exc_info[1]) is not None:
+    if record.exc_info and _environment_error(record.exc_info[1], '') is not None:
       return False
     return not any(m in record.getMessage() for m in _STORAGE_MESSAGES)
 
@@ -201,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.use_absl_handler()  # absl's log format on stderr, as absl.app.run sets it up
   storage_filter = _StorageErrorFilter()
   logging.get_absl_logger().addFilter(storage_filter)
+  workdir = ''
   try:
     config, workdir, verbosity = parse_flags(argv)
     logging.set_verbosity(verbosity)
@@ -212,11 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _error(e)
     return 1
   except Exception as e:  # pylint: disable=broad-except
-    storage = _environment_error(e)
+    storage = _environment_error(e, workdir)
     if storage is None:
       raise
     _error(f'cannot write {storage[0]}: {storage[1]}. Free space or fix permissions, then rerun '
            'the same command to resume.')
+    # Orbax's background save threads may still fail while the process exits; that is this error.
+    logging.set_verbosity(logging.FATAL)
     return 2
   finally:
     logging.get_absl_logger().removeFilter(storage_filter)
