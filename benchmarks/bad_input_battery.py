@@ -3,6 +3,7 @@
     python -m benchmarks.bad_input_battery                 # every case in-process, 6 as subprocesses
     python -m benchmarks.bad_input_battery --subprocess    # every CLI case also as a subprocess
     python -m benchmarks.bad_input_battery -k workdir      # the cases whose name holds 'workdir'
+    python -m benchmarks.bad_input_battery --only-subprocess   # the CLI alone (any mmjax version)
 
 Each case runs ``python -m mmjax.main`` (in-process through :func:`mmjax.main.main`, whose stderr
 is captured at the file-descriptor level, or as a real subprocess) against a prepared run
@@ -328,19 +329,36 @@ def _entry(folder: str, path: str) -> tuple:
   return (os.path.relpath(path, folder), st.st_mode, st.st_size, st.st_mtime_ns, digest)
 
 
-def _finished_run(cache: str) -> str:
-  """A finished run of ``BASE`` under ``cache`` (made once)."""
+def _finished_run(cache: str, subprocess_mode: bool) -> str:
+  """A finished run of ``BASE`` under ``cache`` (made once, by the CLI of the mode)."""
   workdir = os.path.join(cache, 'finished_run')
   if not os.path.isdir(workdir):
-    from mmjax import main  # pylint: disable=import-outside-toplevel
-    with _captured_stderr():
-      code = main.main([*BASE, '--workdir', workdir])
+    code = _run_cli([*BASE, '--workdir', workdir], subprocess_mode)[0]
     if code != 0:
       raise RuntimeError(f'the reference run failed with exit code {code}')
   return workdir
 
 
-def prepare(case: Case, scratch: str, cache: str) -> str:
+def _run_cli(argv: list[str], subprocess_mode: bool) -> tuple[int, str]:
+  """``python -m mmjax.main argv`` from the repository root: ``(exit code, stderr)``."""
+  if subprocess_mode:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'),
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+    out = subprocess.run([sys.executable, '-m', 'mmjax.main', *argv], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    return out.returncode, out.stderr
+  from mmjax import main  # pylint: disable=import-outside-toplevel
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    with defects_registered(), _captured_stderr() as stderr_text:
+      code = main.main(argv)
+  finally:
+    os.chdir(cwd)
+  return code, stderr_text()
+
+
+def prepare(case: Case, scratch: str, cache: str, subprocess_mode: bool = False) -> str:
   """Lays out the case's run directory in ``scratch``; returns the ``--workdir`` path."""
   workdir = os.path.join(scratch, 'run')
   if case.workdir == 'absent':
@@ -349,7 +367,7 @@ def prepare(case: Case, scratch: str, cache: str) -> str:
     with open(workdir, 'w', encoding='utf-8') as f:
       f.write('a file where the run directory should be\n')
     return workdir
-  shutil.copytree(_finished_run(cache), workdir, symlinks=True)
+  shutil.copytree(_finished_run(cache, subprocess_mode), workdir, symlinks=True)
   config_path = os.path.join(workdir, 'config.json')
   if case.workdir == 'garbled':
     with open(config_path, 'r+b') as f:
@@ -415,26 +433,11 @@ class Result:
 def run_case(case: Case, scratch: str, cache: str, files: str, subprocess_mode: bool = False
              ) -> Result:
   """Runs one case in ``scratch`` (an empty folder); returns what happened."""
-  workdir = prepare(case, scratch, cache)
+  workdir = prepare(case, scratch, cache, subprocess_mode)
   argv = _fill((BASE if case.base else ()) + case.args, workdir, files)
   before = snapshot(scratch)
   start = time.monotonic()
-  if subprocess_mode:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
-               JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
-    out = subprocess.run([sys.executable, '-m', 'mmjax.main', *argv], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300, check=False)
-    code, stderr = out.returncode, out.stderr
-  else:
-    from mmjax import main  # pylint: disable=import-outside-toplevel
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-      with defects_registered(), _captured_stderr() as stderr_text:
-        code = main.main(argv)
-    finally:
-      os.chdir(cwd)
-    stderr = stderr_text()
+  code, stderr = _run_cli(argv, subprocess_mode)
   seconds = time.monotonic() - start
   return Result(case, 'subprocess' if subprocess_mode else 'in-process', code, stderr,
                 snapshot(scratch) == before, seconds)
@@ -452,17 +455,21 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--subprocess', action='store_true',
                       help='also run every CLI case as a subprocess (slow: a JAX start each)')
+  parser.add_argument('--only-subprocess', action='store_true',
+                      help='run the CLI cases as subprocesses only (e.g. against an older mmjax)')
   parser.add_argument('-k', default='', help='only the cases whose name holds this text')
   args = parser.parse_args(argv)
-  cases = [c for c in CASES if args.k in c.name]
+  cases = [c for c in CASES if args.k in c.name
+           and not (args.only_subprocess and c.in_process_only)]
   results = []
   with tempfile.TemporaryDirectory(prefix='mmjax-bad-input-') as tmp:
     files = write_config_files(os.path.join(tmp, 'config_files'))
     cache = os.path.join(tmp, 'cache')
     os.makedirs(cache)
     for i, case in enumerate(cases):
-      modes = [False]
-      if not case.in_process_only and (args.subprocess or case.name in SUBPROCESS_SAMPLE):
+      modes = [] if args.only_subprocess else [False]
+      if not case.in_process_only and (args.subprocess or args.only_subprocess
+                                       or case.name in SUBPROCESS_SAMPLE):
         modes.append(True)
       for j, mode in enumerate(modes):
         scratch = os.path.join(tmp, f'case{i:03d}_{j}')
