@@ -262,7 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Resumes from the latest checkpoint in ``workdir`` when there is one. ``stop_after_epoch``
   ends the run after that epoch's checkpoint, as a preemption would (tests use it).
   Returns the run summary: best val accuracy per head, test accuracy at the best-val epoch
-  and at the end.
+  and at the end. A bad config, data set or workdir raises a :class:`UserError` before
+  anything in ``workdir`` is created or changed.
   """
   config_lib.validate(config)
   check_workdir(workdir, config)  # cheap, before the data set and the model are built
