@@ -31,7 +31,8 @@ def get_config(arg=None):
   config.seed = args.seed
   config.data = ml_collections.ConfigDict({
       'name': 'cgmnist', 'source': args.source, 'color_variance': 0.02, 'val_fraction': 0.1,
-      'test_fraction': 0.2, 'max_train_examples': 0, 'tfds_data_dir': ''})
+      'test_fraction': 0.2, 'max_train_examples': 0, 'tfds_data_dir': '',
+      'val_colors': 'train'})
   config.model.encoders = {m: dict(ENCODERS[args.encoder]) for m in MODALITIES}
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.01
