@@ -168,6 +168,38 @@ def test_off_never_rebalances_and_random_picks_all_choices(trainer):
   assert int(early['remaining']) == 0  # before the starting epoch every step is normal
 
 
+def test_random_mode_keeps_the_first_step_of_the_starting_epoch_normal(trainer):
+  # Official Bias_Mitigation_Random draws the next step's mode after each backward pass of an
+  # unlocked epoch, so the step after the last one of epoch 1 (0-based step start_step) is
+  # normal, and the draw after it may re-balance.
+  factors = {'encoders_a': 0.1, 'head_a': 0.1, 'encoders_b': 0.1, 'head_b': 0.1,
+             'squeeze': 1.0, 'excite_a': 1.0, 'excite_b': 0.0}
+  state = trainer.init_state()
+  rand = _method(trainer, mode='random')
+  update = _update(rand)
+  after_last_plain, after_first_unlocked = [], []
+  for key in range(20):
+    ms = dict(rand.init_state(), rng=jax.random.PRNGKey(key))
+    ms, _ = update(ms, state.params, rand.start_step - 1, factors, {'a': 0.5, 'b': 0.5})
+    after_last_plain.append(int(ms['remaining']))
+    ms, _ = update(ms, state.params, rand.start_step, factors, {'a': 0.5, 'b': 0.5})
+    after_first_unlocked.append(int(ms['remaining']))
+  assert after_last_plain == [0] * 20
+  assert 0 < sum(after_first_unlocked) < 20
+
+
+def test_random_stream_is_the_methods_own(trainer):
+  # The trainer's root key PRNGKey(seed) and its two halves (init, dropout) are never the
+  # method's key, and the method's key still follows the seed.
+  method = _method(trainer, mode='random')
+  key = np.asarray(method.init_state()['rng'])
+  root = jax.random.PRNGKey(trainer.seed)
+  for other in (root, *jax.random.split(root)):
+    assert not np.array_equal(key, np.asarray(other))
+  method._seed = trainer.seed + 1  # pylint: disable=protected-access
+  assert not np.array_equal(key, np.asarray(method.init_state()['rng']))
+
+
 def test_guided_training_never_recompiles_and_rebalances(trainer, trained):
   state, counts = trained
   assert trainer.jit_train_step._cache_size() == 1  # pylint: disable=protected-access
