@@ -82,7 +82,7 @@ colours all have a brightest channel >= 0.5, so no digit is too dark to see. Unl
 cube corners, random colours are not all far apart: the closest two are 0.32 apart (2.3 jitter
 standard deviations at the default variance 0.02) and the nearest-mean colour classifier, the
 best one from colour alone, is right on about 76% of jittered train colours. Colour is then a
-strong but imperfect shortcut and a network must learn some shape too, as in Kim et al.'s data.
+strong but imperfect shortcut and a network must learn some shape too.
 """
 
 # Random streams of one build, each seeded by derive_seed(seed, stream, ...); streams 0 and 1
