@@ -4,9 +4,10 @@
         --out docs/cgmnist_table.md
 
 Runs `configs/cgmnist.py` (CNN encoders, 10 epochs, SGD) with `method=vanilla` (naive joint
-training), `method=uniform` (joint plus the uni-modal losses), and one modality alone
+training), `method=uniform` (joint plus the uni-modal losses), one modality alone
 (`method=unimodal,modality=gray` and `modality=color`; the colour-only run is Kim et al.'s
-colour-biased baseline), for every seed, each in `RUNS_DIR/<run>_s<seed>`. A rerun of the same
+colour-biased baseline) and `vanilla` again with val coloured like test
+(`data.val_colors='random'`: the same training, another best-val epoch), for every seed, each in `RUNS_DIR/<run>_s<seed>`. A rerun of the same
 command resumes every unfinished run from its checkpoint and skips finished ones, so the script
 can be stopped at any time. Writes a Markdown table of means ± standard deviations over seeds of
 the selected head's best val accuracy, test accuracy at the best-val epoch and test accuracy at
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -30,12 +32,13 @@ from configs import cgmnist  # noqa: E402  pylint: disable=wrong-import-position
 from mmjax import train  # noqa: E402  pylint: disable=wrong-import-position
 
 RUNS = {
-    'vanilla': 'method=vanilla',
-    'uniform': 'method=uniform',
-    'gray alone': 'method=unimodal,modality=gray',
-    'color alone': 'method=unimodal,modality=color',
+    'vanilla': ('method=vanilla', {}),
+    'uniform': ('method=uniform', {}),
+    'gray alone': ('method=unimodal,modality=gray', {}),
+    'color alone': ('method=unimodal,modality=color', {}),
+    'vanilla (val_colors=random)': ('method=vanilla', {'val_colors': 'random'}),
 }
-"""Row name -> config argument (seed added)."""
+"""Row name -> (config argument, the seed added; data options set on top)."""
 
 
 def _cell(values: list[float]) -> str:
@@ -43,9 +46,11 @@ def _cell(values: list[float]) -> str:
 
 
 def run(name: str, seed: int, runs_dir: str) -> dict:
-  config = cgmnist.get_config(f'{RUNS[name]},seed={seed}')
+  arg, data_options = RUNS[name]
+  config = cgmnist.get_config(f'{arg},seed={seed}')
+  config.data.update(data_options)
   config.progress_bar = False
-  workdir = os.path.join(runs_dir, f"{name.replace(' ', '_')}_s{seed}")
+  workdir = os.path.join(runs_dir, f"{re.sub('[^a-z0-9]+', '_', name).strip('_')}_s{seed}")
   return train.train_and_evaluate(config, workdir)
 
 
@@ -61,6 +66,13 @@ def table(results: dict[str, list[dict]]) -> str:
         f"| {name} | {head} | {_cell(get('best_val', head))} | {_cell(get('test_at_best', head))} "
         f"| {_cell(get('final_test', head))} | {_cell(get('final_test', 'fused'))} "
         f"| {_cell(get('final_test', 'gray'))} | {_cell(get('final_test', 'color'))} |")
+  lines.append('')
+  lines.append('Per seed (selected head: best val / test at best val / final test):')
+  lines.append('')
+  for name, summaries in results.items():
+    cells = [f"{s['best_val'][s['selection_head']]:.3f} / {s['test_at_best'][s['selection_head']]:.3f}"
+             f" / {s['final_test'][s['selection_head']]:.3f}" for s in summaries]
+    lines.append(f"- {name}: {'; '.join(cells)}")
   return '\n'.join(lines)
 
 
@@ -90,7 +102,8 @@ def main() -> None:
              f'{args.seeds}' + ('' if args.runs == ','.join(RUNS) else f" --runs '{args.runs}'"))
   text = (f'{table(results)}\n\nMean ± std over seeds {args.seeds}; `configs/cgmnist.py` '
           f'defaults (CNN encoders, 10 epochs, SGD lr 0.01 momentum 0.9, batch 64, val coloured '
-          f'like train, test colours random). Command: `{command}`\n')
+          f'like train unless the row says otherwise, test colours random). Command: '
+          f'`{command}`\n')
   print(text)
   if args.out:
     with open(args.out, 'w', encoding='utf-8') as f:
