@@ -1,13 +1,15 @@
 """Wu et al. (2022)'s claims on Colored-and-gray MNIST: greedy learning and guided re-balancing.
 
     nice python benchmarks/greedy_table.py --encoder mlp --epochs 5 --max_train_examples 6000 \
-        --seeds 0,1,2 --out docs/greedy_table.md
+        --seeds 0,1,2 --out docs/greedy_table.md [--runs_dir DIR]
 
 Trains the MMTM network with `greedy` in modes `off` (vanilla joint training), `random` (the
 control) and `guided`, for every seed, and the gray digit alone (`unimodal`, modality=gray, the
 same encoder) as the reference of what the gray modality supports. Colour predicts the label in
 train and val and is random at test. Writes a Markdown table of means ± standard deviations over
-seeds, from the last epoch of each run:
+seeds, from the last epoch of each run. With ``--runs_dir`` every run keeps its workdir there and
+a rerun of the same command resumes unfinished runs and skips finished ones; without it the runs
+live in a temporary directory.
 
 - test accuracy of the fused prediction, and of f'_gray (the gray branch with colour replaced by
   its train mean);
@@ -56,11 +58,13 @@ def main() -> None:
   parser.add_argument('--max_train_examples', type=int, default=6000)
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--out', default='')
+  parser.add_argument('--runs_dir', default='', help='keep each run here, to resume')
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(',')]
   start = time.time()
   rows = {}
-  with tempfile.TemporaryDirectory() as tmp:
+  with tempfile.TemporaryDirectory() as scratch:
+    tmp = args.runs_dir or scratch
     for seed in seeds:
       for mode in MODES:
         runs = rows.setdefault(mode, [])
@@ -89,7 +93,7 @@ def main() -> None:
   lines.append(f'| gray alone (unimodal) | {_cell(gray_acc)} | | | | | | |')
   table = '\n'.join(lines)
   command = ('nice python benchmarks/greedy_table.py ' + ' '.join(
-      f'--{k} {v}' for k, v in vars(args).items() if k != 'out'))
+      f'--{k} {v}' for k, v in vars(args).items() if k not in ('out', 'runs_dir')))
   text = (f'{table}\n\n{len(seeds)} seeds, {args.epochs} epochs, encoder {args.encoder}, '
           f'{args.max_train_examples or "all"} train examples; {time.time() - start:.0f} s. '
           f'Command: `{command}`\n')

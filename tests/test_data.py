@@ -159,7 +159,7 @@ def test_cgmnist_color_predicts_the_label_in_train_and_val_only():
   ds = build(name='cgmnist')
   accuracy = {split: np.mean(nearest_class_color(mean_stroke_color(s)) == s.label)
               for split, s in ds.splits.items()}
-  assert accuracy['train'] > 0.9 and accuracy['val'] > 0.9
+  assert accuracy['train'] > 0.7 and accuracy['val'] > 0.7
   assert accuracy['test'] < 0.3
 
 
@@ -194,7 +194,7 @@ def test_cgmnist_tfds_source_under_mock_data(tmp_path):
     assert split.label.dtype == np.int32 and split.label.max() < 10
   # The mock's random pixels are no digits, yet train colour still follows the label.
   train = ds.splits['train']
-  assert np.mean(nearest_class_color(mean_stroke_color(train)) == train.label) > 0.9
+  assert np.mean(nearest_class_color(mean_stroke_color(train)) == train.label) > 0.7
 
 
 def test_cgmnist_tfds_source_without_prepared_data_says_how_to_prepare(tmp_path):

@@ -168,6 +168,38 @@ def test_off_never_rebalances_and_random_picks_all_choices(trainer):
   assert int(early['remaining']) == 0  # before the starting epoch every step is normal
 
 
+def test_random_mode_keeps_the_first_step_of_the_starting_epoch_normal(trainer):
+  # Official Bias_Mitigation_Random draws the next step's mode after each backward pass of an
+  # unlocked epoch, so the step after the last one of epoch 1 (0-based step start_step) is
+  # normal, and the draw after it may re-balance.
+  factors = {'encoders_a': 0.1, 'head_a': 0.1, 'encoders_b': 0.1, 'head_b': 0.1,
+             'squeeze': 1.0, 'excite_a': 1.0, 'excite_b': 0.0}
+  state = trainer.init_state()
+  rand = _method(trainer, mode='random')
+  update = _update(rand)
+  after_last_plain, after_first_unlocked = [], []
+  for key in range(20):
+    ms = dict(rand.init_state(), rng=jax.random.PRNGKey(key))
+    ms, _ = update(ms, state.params, rand.start_step - 1, factors, {'a': 0.5, 'b': 0.5})
+    after_last_plain.append(int(ms['remaining']))
+    ms, _ = update(ms, state.params, rand.start_step, factors, {'a': 0.5, 'b': 0.5})
+    after_first_unlocked.append(int(ms['remaining']))
+  assert after_last_plain == [0] * 20
+  assert 0 < sum(after_first_unlocked) < 20
+
+
+def test_random_stream_is_the_methods_own(trainer):
+  # The trainer's root key PRNGKey(seed) and its two halves (init, dropout) are never the
+  # method's key, and the method's key still follows the seed.
+  method = _method(trainer, mode='random')
+  key = np.asarray(method.init_state()['rng'])
+  root = jax.random.PRNGKey(trainer.seed)
+  for other in (root, *jax.random.split(root)):
+    assert not np.array_equal(key, np.asarray(other))
+  method._seed = trainer.seed + 1  # pylint: disable=protected-access
+  assert not np.array_equal(key, np.asarray(method.init_state()['rng']))
+
+
 def test_guided_training_never_recompiles_and_rebalances(trainer, trained):
   state, counts = trained
   assert trainer.jit_train_step._cache_size() == 1  # pylint: disable=protected-access
@@ -178,33 +210,56 @@ def test_guided_training_never_recompiles_and_rebalances(trainer, trained):
   assert all(np.all((s > 0) & (s < 1)) for s in jax.tree.leaves(ms['average_scales']))
 
 
-def test_utilization_rate_matches_a_direct_computation(trainer, trained):
+def _hand_mmtm_network(params, inputs, replace=None):
+  """The tiny MMTM network (one-stage MLP branches, one MMTM) in float64 numpy, from the params.
+
+  Returns each branch's first-stage features (its squeeze) and its logits; ``replace`` maps a
+  modality to the vector that stands in for its squeeze inside the MMTM.
+  """
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(params))
+  dense = lambda x, layer: x @ layer['kernel'] + layer['bias']
+  relu = lambda x: np.maximum(x, 0.0)
+  features = {m: relu(dense(inputs[m].astype(np.float64), p[f'encoders_{m}']['stages_0']['Dense_0']))
+              for m in MODALITIES}
+  squeezes = [np.broadcast_to(replace[m], features[m].shape) if replace and m in replace
+              else features[m] for m in MODALITIES]
+  hidden = relu(dense(np.concatenate(squeezes, -1), p['mmtm_0']['squeeze']))
+  logits = {}
+  for m in MODALITIES:
+    scale = 1.0 / (1.0 + np.exp(-dense(hidden, p['mmtm_0'][f'excite_{m}'])))
+    logits[m] = dense(dense(features[m] * scale, p[f'encoders_{m}']['head']), p[f'head_{m}'])
+  return features, logits
+
+
+def test_utilization_rate_matches_a_network_built_by_hand(trainer, trained):
+  # f'_k (Wu et al., Sec. 4.1) rebuilt with numpy from the parameters: branch k's MMTM sees the
+  # other modality's squeeze replaced by its mean over the train split.
   state, _ = trained
-  model, method = trainer.model, trainer.method
-  variables = {'params': state.params, **state.model_state}
-  train_split = trainer.dataset.splits['train']
-  everything = train_split.batch(np.arange(len(train_split)))
-  _, inter = model.apply(variables, everything['inputs'], train=False, mutable=['intermediates'])
-  means = {m: tuple(np.asarray(inter['intermediates'][f'mmtm_{i}'][f'squeeze_{m}'][0]).mean(0)
-                    for i in range(len(model.mmtm_stages))) for m in MODALITIES}
+  method = trainer.method
+  assert trainer.model.mmtm_stages == (0,) and len(trainer.model.encoders['a'].stage_channels) == 1
+  train_split, val = trainer.dataset.splits['train'], trainer.dataset.splits['val']
+  train_features, _ = _hand_mmtm_network(state.params, train_split.inputs)
+  means = {m: train_features[m].mean(0) for m in MODALITIES}
   got = method.mean_squeeze(trainer, state)
   for m in MODALITIES:
-    for mine, theirs in zip(got[m], means[m]):
-      np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
-  val = trainer.dataset.splits['val']
-  batch = val.batch(np.arange(len(val)))
-  full = model.apply(variables, batch['inputs'], train=False)
-  acc = float(np.mean(np.argmax(full['fused'], -1) == batch['label']))
+    np.testing.assert_allclose(got[m][0], means[m], rtol=1e-4, atol=1e-6)
+  _, full = _hand_mmtm_network(state.params, val.inputs)
+  accuracy = lambda logits: float(np.mean(np.argmax(logits, -1) == val.label))
+  a_f = accuracy((full['a'] + full['b']) / 2)
   result = method.eval_metrics(trainer, state, 'val', trainer.evaluate(state, 'val'))
+  # The mean cross-entropy of every f'_k, from the method's own evaluation pass.
+  losses = trainer.evaluate(state, 'val', eval_step=lambda s, b, mask: (
+      method._jit_utilization_step(s, b, mask, got)))  # pylint: disable=protected-access
   for k, other in (('a', 'b'), ('b', 'a')):
-    # f'_k by hand: branch k's output does not change with the other modality's input.
-    inputs = dict(batch['inputs'])
-    inputs[other] = np.zeros_like(inputs[other])
-    uni = model.apply(variables, inputs, train=False, mean_squeeze=means,
-                      unimodal={m: jnp.bool_(True) for m in MODALITIES})[k]
-    acc_k = float(np.mean(np.argmax(uni, -1) == batch['label']))
-    assert result[f'greedy/acc_unimodal/{k}'] == pytest.approx(acc_k)
-    assert result[f'greedy/u/{k}'] == pytest.approx((acc - acc_k) / acc)
+    _, unimodal = _hand_mmtm_network(state.params, val.inputs, replace={other: means[other]})
+    assert not np.allclose(unimodal[k], full[k], atol=1e-3)  # the replacement matters here
+    shifted = unimodal[k] - unimodal[k].max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    cross_entropy = -np.mean(log_probs[np.arange(len(val.label)), val.label])
+    assert losses[f'loss/{k}'] == pytest.approx(cross_entropy, rel=1e-4)
+    a_k = accuracy(unimodal[k])
+    assert result[f'greedy/acc_unimodal/{k}'] == pytest.approx(a_k)
+    assert result[f'greedy/u/{k}'] == pytest.approx((a_f - a_k) / a_f)
   assert result['greedy/d_util'] == pytest.approx(result['greedy/u/a'] - result['greedy/u/b'])
 
 

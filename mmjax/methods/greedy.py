@@ -22,8 +22,11 @@ feed it, ``theta'_k`` (its MMTM excitation layers plus the shared squeeze layers
   ``s(others | m_k)``, the one learning most through fusion). In a re-balancing step branch
   ``k``'s MMTM scales are the running average of its own past scales, a constant, so branch
   ``k`` learns from its own modality alone. No speed is accumulated during a window.
-- ``random``: from ``starting_epoch`` on, every step is normal or re-balances one branch,
-  uniformly at random (the paper's control).
+- ``random``: after each step of ``starting_epoch`` and later, the next step is drawn to be
+  normal or to re-balance one branch, uniformly at random (the paper's control). As in the
+  official ``Bias_Mitigation_Random``, which draws after each backward pass once the epoch is
+  unlocked, the first step of the starting epoch is normal. The draws come from the method's
+  own random stream (:data:`RNG_STREAM`).
 - ``off``: every step is normal (the paper's vanilla training of the same network).
 
 The re-balancing choice (``remaining``, ``branch``), the running averages, the sums ``M`` and
@@ -62,6 +65,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmjax.data.dataset import derive_seed
 from mmjax.methods.base import Method, StepInfo
 from mmjax.models.mmtm import MMTMClassifier, parameter_groups
 from mmjax.step import eval_sums, forward
@@ -70,6 +74,9 @@ Array = jax.Array
 PyTree = Any
 
 MODES = ('guided', 'random', 'off')
+RNG_STREAM = 0x67726479
+"""The method's own random stream: its key is ``PRNGKey(derive_seed(seed, RNG_STREAM))``, never
+the trainer's ``PRNGKey(seed)`` (whose halves initialise the model and drive dropout)."""
 
 
 def squared_norm(leaves: Sequence[Array]) -> Array:
@@ -175,7 +182,7 @@ class BalancedMultimodalLearning(Method):
         'speed_sums': {'own': {m: f32(0) for m in self.modalities},
                        'fusion': {m: f32(0) for m in self.modalities}},
         'rebalance_steps': {m: jnp.int32(0) for m in self.modalities},
-        'rng': jax.random.PRNGKey(self._seed),
+        'rng': jax.random.PRNGKey(derive_seed(self._seed, RNG_STREAM)),
     }
 
   # ----- compiled step --------------------------------------------------------------------------
@@ -220,7 +227,7 @@ class BalancedMultimodalLearning(Method):
       rng, pick_rng = jax.random.split(method_state['rng'])
       choice = jax.random.randint(pick_rng, (), -1, len(self.modalities))
       state['rng'] = rng
-      active = info.step + 1 >= self.start_step
+      active = info.step >= self.start_step
       state['remaining'] = (active & (choice >= 0)).astype(jnp.int32)
       state['branch'] = jnp.maximum(choice, 0).astype(jnp.int32)
     state['rebalance_steps'] = {m: method_state['rebalance_steps'][m] + flags[m].astype(jnp.int32)
