@@ -123,6 +123,22 @@ def first_order_generalization_and_overfitting(train_grad: PyTree, heldout_grad:
   return generalization, tree_dot(train_grad, direction) - generalization
 
 
+def split_batch_generalization_and_overfitting(first_half_grad: PyTree, second_half_grad: PyTree,
+                                               heldout_grad: PyTree) -> tuple[Array, Array]:
+  """Unbiased ``(G, O)`` of §3.2 from a training batch split in two independent halves.
+
+  With ``g_1``, ``g_2`` the gradients on the two halves, ``g = (g_1 + g_2) / 2`` and ``g_V`` on a
+  held-out batch: ``G = <g_V, g>`` and ``O = <g_1, g_2> - G``. The halves and ``V`` are
+  independent draws, so ``E[G] = <grad L^V, grad L^T>`` and ``E[O] = <grad L^T - grad L^V,
+  grad L^T>``, the full-data values. Taking ``grad L^T`` from the same batch as the direction
+  (``O = ||g||^2 - G``) would add the per-example gradient variance divided by the batch size
+  to ``E[O]``, penalising noisy heads and making the weights depend on the batch size.
+  """
+  direction = jax.tree.map(lambda a, b: (a + b) / 2, first_half_grad, second_half_grad)
+  generalization = tree_dot(heldout_grad, direction)
+  return generalization, tree_dot(first_half_grad, second_half_grad) - generalization
+
+
 def _check_metric(metric: str) -> None:
   if metric not in METRICS:
     raise ValueError(f'method.metric = {metric!r}; valid metrics are {list(METRICS)}.')
