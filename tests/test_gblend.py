@@ -49,24 +49,49 @@ def test_ogr_is_finite_when_nothing_generalizes():
 
 
 def test_blend_weights_hand_computed():
-  # dG / dO^2 = 0.3 / 0.04 = 7.5, 0.5 / 0.25 = 2, 0.2 / 0.01 = 20; Z = 29.5.
-  weights = ogr.blend_weights([0.3, 0.5, 0.2], [0.2, 0.5, 0.1], 1e-3)
-  np.testing.assert_allclose(weights, [7.5 / 29.5, 2 / 29.5, 20 / 29.5], rtol=1e-5)
+  # dG / dO^2 = 0.3 / 0.04 = 7.5, 0.5 / 0.25 = 2, 0.2 / 0.01 = 20; Z = 29.5 (both rules agree
+  # when every dO is above the floor).
+  for rule in ('paper', 'clamped'):
+    weights = ogr.blend_weights([0.3, 0.5, 0.2], [0.2, 0.5, 0.1], 1e-3, rule)
+    np.testing.assert_allclose(weights, [7.5 / 29.5, 2 / 29.5, 20 / 29.5], rtol=1e-5)
+
+
+def test_paper_rule_squares_the_signed_delta_o():
+  """Issue 8's case: a head whose overfitting shrank (dO < 0) no longer takes all the weight."""
+  delta_g, delta_o = [0.1, 0.4, 0.2], [0.5, -0.2, 0.2]
+  # Paper: 0.1 / 0.25 = 0.4, 0.4 / 0.04 = 10, 0.2 / 0.04 = 5; Z = 15.4.
+  np.testing.assert_allclose(ogr.blend_weights(delta_g, delta_o, 1e-3),
+                             [0.4 / 15.4, 10 / 15.4, 5 / 15.4], rtol=1e-5)
+  # The same head with dO = +0.2 gets the same weight: only dO^2 counts.
+  np.testing.assert_allclose(ogr.blend_weights(delta_g, [0.5, 0.2, 0.2], 1e-3),
+                             [0.4 / 15.4, 10 / 15.4, 5 / 15.4], rtol=1e-5)
+  # Clamped (the old rule): dO = -0.2 becomes 1e-3, 0.4 / 1e-6 = 4e5 against 0.4 and 5.
+  np.testing.assert_allclose(ogr.blend_weights(delta_g, delta_o, 1e-3, 'clamped'),
+                             [0.4 / 400005.4, 4e5 / 400005.4, 5 / 400005.4], rtol=1e-5)
+  with pytest.raises(ValueError, match='method.weight_rule'):
+    ogr.blend_weights(delta_g, delta_o, 1e-3, 'absolute')
 
 
 def test_blend_weights_degenerate_cases():
-  # dG <= 0: weight 0; the others as before (7.5 and 2 of 9.5).
-  np.testing.assert_allclose(ogr.blend_weights([0.3, 0.5, -0.1], [0.2, 0.5, 0.1], 1e-3),
-                             [7.5 / 9.5, 2 / 9.5, 0.0], rtol=1e-5)
-  # dO <= min_delta_o: clamped to 0.1, 0.4 / 0.01 = 40 against 0.5 / 0.25 = 2.
+  for rule in ('paper', 'clamped'):
+    # dG <= 0: weight 0; the others as before (7.5 and 2 of 9.5).
+    np.testing.assert_allclose(ogr.blend_weights([0.3, 0.5, -0.1], [0.2, 0.5, 0.1], 1e-3, rule),
+                               [7.5 / 9.5, 2 / 9.5, 0.0], rtol=1e-5)
+    # No head generalized: uniform.
+    np.testing.assert_allclose(ogr.blend_weights([0.0, -1.0, -2.0], [0.1, 0.2, 0.3], 1e-3, rule),
+                               [1 / 3] * 3, rtol=1e-6)
+    # Ratios beyond float32 range still normalise: 1e30 / 1e-6 against 1 / 1.
+    np.testing.assert_allclose(ogr.blend_weights([1e30, 1.0], [1e-3, 1.0], 1e-3, rule),
+                               [1.0, 1e-36], rtol=1e-4, atol=1e-38)
+  # |dO| below the floor (0.1): 0 and -0.05 count as 0.1, 0.4 / 0.01 = 40 against 0.5 / 0.25 = 2.
+  for tiny in (0.0, -0.05):
+    np.testing.assert_allclose(ogr.blend_weights([0.4, 0.5], [tiny, 0.5], 0.1),
+                               [40 / 42, 2 / 42], rtol=1e-5)
+  # dO = -3: the paper rule gives 0.4 / 9 against 2; the clamped rule 0.4 / 0.01 = 40 against 2.
   np.testing.assert_allclose(ogr.blend_weights([0.4, 0.5], [-3.0, 0.5], 0.1),
+                             [(0.4 / 9) / (0.4 / 9 + 2), 2 / (0.4 / 9 + 2)], rtol=1e-5)
+  np.testing.assert_allclose(ogr.blend_weights([0.4, 0.5], [-3.0, 0.5], 0.1, 'clamped'),
                              [40 / 42, 2 / 42], rtol=1e-5)
-  # No head generalized: uniform.
-  np.testing.assert_allclose(ogr.blend_weights([0.0, -1.0, -2.0], [0.1, 0.2, 0.3], 1e-3),
-                             [1 / 3] * 3, rtol=1e-6)
-  # Ratios beyond float32 range still normalise: 1e30 / 1e-6 against 1 / 1.
-  np.testing.assert_allclose(ogr.blend_weights([1e30, 1.0], [1e-3, 1.0], 1e-3), [1.0, 1e-36],
-                             rtol=1e-4, atol=1e-38)
 
 
 _LIMIT = float(np.float32(3e38))
@@ -76,9 +101,9 @@ _finite = st.floats(min_value=-_LIMIT, max_value=_LIMIT, allow_nan=False, width=
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 5).flatmap(lambda k: st.tuples(st.lists(_finite, min_size=k, max_size=k),
                                                      st.lists(_finite, min_size=k, max_size=k))),
-       st.sampled_from([1e-6, 1e-3, 1.0]))
-def test_blend_weights_are_a_distribution(deltas, min_delta_o):
-  weights = np.asarray(ogr.blend_weights(*deltas, min_delta_o))
+       st.sampled_from([1e-6, 1e-3, 1.0]), st.sampled_from(ogr.WEIGHT_RULES))
+def test_blend_weights_are_a_distribution(deltas, min_delta_o, rule):
+  weights = np.asarray(ogr.blend_weights(*deltas, min_delta_o, rule))
   assert np.isfinite(weights).all() and (weights >= 0).all()
   assert weights.sum() == pytest.approx(1.0, abs=1e-5)
   delta_g = np.asarray(deltas[0], np.float32)
@@ -92,6 +117,15 @@ def test_first_order_generalization_and_overfitting():
   # G = <v, g> = 0.5 - 2 + 6 = 4.5; O = <g - v, g> = (1 + 4 + 9) - 4.5 = 9.5.
   g, o = ogr.first_order_generalization_and_overfitting(train_grad, heldout_grad, train_grad)
   assert float(g) == pytest.approx(4.5) and float(o) == pytest.approx(9.5)
+
+
+def test_split_batch_generalization_and_overfitting():
+  first = {'x': jnp.array([1.0, 2.0]), 'y': jnp.array([[3.0]])}
+  second = {'x': jnp.array([3.0, 0.0]), 'y': jnp.array([[1.0]])}
+  heldout = {'x': jnp.array([0.5, -1.0]), 'y': jnp.array([[2.0]])}
+  # Direction (2, 1, 2): G = 1 - 1 + 4 = 4; <g_1, g_2> = 3 + 0 + 3 = 6, O = 6 - 4 = 2.
+  g, o = ogr.split_batch_generalization_and_overfitting(first, second, heldout)
+  assert float(g) == pytest.approx(4.0) and float(o) == pytest.approx(2.0)
 
 
 # ----- held-out data ---------------------------------------------------------------------------
@@ -293,3 +327,85 @@ def test_resume_across_online_reestimation_is_bit_identical(tmp_path):
   config.num_epochs = 2
   full, _ = assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch=1)
   _check_logged_estimates(full)
+
+
+# ----- the gradient estimator is unbiased (statistical) -----------------------------------------
+def _flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def test_gradient_estimator_is_unbiased_for_two_batch_sizes():
+  """Means of G_i, O_i over many sampled batches match the full-data values of §3.2.
+
+  A tiny late-fusion model on a fixed data set (64 training, 32 held-out examples); full-data
+  per-head gradients come from ``jax.grad`` on all of it: ``G = <grad L^V, grad L^T>``,
+  ``O = <grad L^T - grad L^V, grad L^T>``. Batches are drawn with replacement (i.i.d.), 1,000
+  per batch size. Tolerance: 4 standard errors of the mean (two-sided, about 6e-5 chance per
+  value to fail by luck; the draws are seeded, so the test is deterministic). The old
+  same-batch estimator ``O = ||g_B||^2 - <g_V, g_B>`` is off by the gradient noise divided by
+  the batch size, far more than 4 standard errors.
+  """
+  from mmjax.models import LateFusionClassifier, MLPEncoder  # pylint: disable=import-outside-toplevel
+  model = LateFusionClassifier({'a': MLPEncoder(hidden=(4,), features=3),
+                                'b': MLPEncoder(hidden=(4,), features=3)}, num_classes=3)
+  rng = np.random.default_rng(0)
+
+  def examples(n):
+    label = rng.integers(0, 3, n)
+    return {'inputs': {'a': (rng.standard_normal((n, 2)) + label[:, None]).astype(np.float32),
+                       'b': rng.standard_normal((n, 2)).astype(np.float32)},
+            'label': label.astype(np.int32)}
+
+  train_data, heldout_data = examples(64), examples(32)
+  params = model.init(jax.random.PRNGKey(0), train_data['inputs'], train=False)['params']
+
+  def loss_fn(p, batch, rng=None):
+    del rng  # no dropout in this model
+    outputs = model.apply({'params': p}, batch['inputs'], train=True)
+    losses = {h: jnp.mean(cross_entropy(outputs[h], batch['label'])) for h in outputs}
+    return sum(losses.values()), (outputs, losses, {}, {})
+
+  @jax.jit
+  def head_grads(batch):
+    return {h: jax.grad(lambda p, h=h: loss_fn(p, batch)[1][1][h])(params) for h in HEADS}
+
+  full_train, full_heldout = head_grads(train_data), head_grads(heldout_data)
+  full = {}
+  for h in HEADS:
+    g_t, g_v = _flat(full_train[h]), _flat(full_heldout[h])
+    full[h] = (g_v @ g_t, (g_t - g_v) @ g_t)
+
+  method = GradientBlending({'estimator': 'gradient'}, HEADS, ('a', 'b'))
+  method._parameter_groups = model.parameter_groups(params)  # pylint: disable=protected-access
+  method_state = {'weights': {h: jnp.float32(1 / 3) for h in HEADS},
+                  'heldout_rng': jax.random.PRNGKey(0)}
+
+  def estimate(batch):
+    (_, aux), _ = method.gradients(loss_fn, params, batch, method_state)
+    return aux[3]['gblend']['g'], aux[3]['gblend']['o']
+
+  def same_batch_overfitting(batch):  # the old estimator, by hand: ||g_B||^2 - <g_V, g_B>
+    def per_head(h):
+      g_b = jax.grad(lambda p: loss_fn(p, batch)[1][1][h])(params)
+      g_v = jax.grad(lambda p: loss_fn(p, batch['heldout'])[1][1][h])(params)
+      dot = lambda x, y: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+      return dot(g_b, g_b) - dot(g_v, g_b)
+    return jnp.stack([per_head(h) for h in HEADS])
+
+  def take(data, index):
+    return jax.tree.map(lambda x: x[index], data)
+
+  samples = 1000
+  old_bias_in_errors = []
+  for batch_size in (8, 32):
+    index = rng.integers(0, 64, (samples, batch_size))
+    heldout_index = rng.integers(0, 32, (samples, batch_size))
+    batches = {**take(train_data, index), 'heldout': take(heldout_data, heldout_index)}
+    g, o, old_o = (np.asarray(x, np.float64) for x in jax.jit(jax.vmap(
+        lambda b: (*estimate(b), same_batch_overfitting(b))))(batches))
+    for i, h in enumerate(HEADS):
+      for values, expected in ((g[:, i], full[h][0]), (o[:, i], full[h][1])):
+        error = values.std() / np.sqrt(samples)
+        assert abs(values.mean() - expected) < 4 * error, (batch_size, h, values.mean(), expected)
+      old_bias_in_errors.append((old_o[:, i].mean() - full[h][1]) / (old_o[:, i].std() / np.sqrt(samples)))
+  assert min(old_bias_in_errors) > 4, old_bias_in_errors
