@@ -234,7 +234,7 @@ def test_three_modalities_use_spreads():
   config = tiny_synthetic_config('greedy', mode='guided')
   with config.unlocked():
     config.data.modalities = ('a', 'b', 'c')
-    for key in ('dim', 'signal', 'clusters_per_class', 'shortcut'):
+    for key in ('dim', 'signal', 'clusters_per_class', 'shortcut', 'noise_dims'):
       config.data[key] = tuple(config.data[key]) + (config.data[key][0],)
     config.model.encoders['c'] = dict(config.model.encoders['a'])
   three = train.Trainer(config)
