@@ -4,7 +4,9 @@
 
 Runs, per data set and seed: each modality alone (``unimodal``), naive joint training
 (``vanilla``), dropout on the fused features (``vanilla`` with ``model.fused_dropout``), equal
-auxiliary losses (``uniform``) and G-Blend ``offline``, ``online`` and ``gradient``. Writes a
+auxiliary losses (``uniform``) and G-Blend ``offline``, ``online`` and ``gradient``, each with
+the paper's weight rule and with ``weight_rule=clamped`` (``--premise`` leaves out dropout: the
+premise table of docs/gradient_blending.md). Writes a
 Markdown table of test accuracy (mean ± std over seeds, at the best-val epoch; the fused head,
 or the modality's head for ``unimodal``) and G-Blend's final weights. Data sets:
 
@@ -12,6 +14,8 @@ or the modality's head for ``unimodal``) and G-Blend's final weights. Data sets:
   weak with a train-only label shortcut; naive joint training leans on the shortcut.
 - ``synthetic-overfit``: 1,000 training examples; ``a`` strong but XOR-like (16 dims), ``b``
   weak and wide (512 dims), so a joint model can memorise the training set through ``b``.
+- ``synthetic-noise``: as ``synthetic-overfit`` but ``b`` has 16 informative dims (signal 1.5)
+  and 496 pure-noise features (``noise_dims``).
 - ``ucimf``: UCI Multiple Features, views ``fou`` + ``pix``.
 
 Runs live in ``--workdir/<data set>/<method>/seed<k>``; rerunning resumes (finished runs are
@@ -197,7 +201,8 @@ def main():
         results[dataset][method].append(result)
         print(json.dumps({'dataset': dataset, 'method': method, 'seed': seed, **result}),
               flush=True)
-  text = table(results) + f"\nCommand: `nice python benchmarks/gblend_table.py {' '.join(sys.argv[1:])}`.\n"
+  command = ' '.join(['nice python benchmarks/gblend_table.py', *sys.argv[1:]])
+  text = table(results) + f'\nCommand: `{command}`.\n'
   with open(args.out, 'w', encoding='utf-8') as f:
     f.write(text)
   print(text)

@@ -6,7 +6,8 @@ Arguments: method=NAME; smoke; seed=N; and the method options modality=NAME (uni
 estimator=... (gblend), mode=... (greedy). The data options are set with
 --config.data.KEY=VALUE, per modality for dim, signal (class separation), clusters_per_class
 (difficulty: 1 is linearly separable, K >= 2 an XOR-like layout), shortcut (a train-only
-label shortcut) and noise_dims (label-independent features appended), e.g. --config.data.signal='(3.0, 1.0)'; see mmjax/data/synthetic.py.
+label shortcut) and noise_dims (label-independent features appended), e.g.
+--config.data.signal='(3.0, 1.0)'; see mmjax/data/synthetic.py.
 """
 
 import ml_collections

@@ -4,10 +4,11 @@ The loss is ``L_blend = sum_i w_i CE_i`` over the k unimodal heads and the fused
 with ``w_i = (dG_i / dO_i^2) / Z`` (Proposition 1, Algorithm 1; formulas and degenerate cases in
 :mod:`mmjax.methods.ogr`): by default (``weight_rule='paper'``) the signed ``dO_i`` is squared,
 with only ``|dO_i|`` floored at ``min_delta_o``; ``weight_rule='clamped'`` is the rule of mmjax
-<= 0.1, which clamps ``dO_i`` below at ``min_delta_o`` first. ``dG_i <= 0`` gives weight 0. Generalization and overfitting are measured on ``V``, a stratified
-held-out slice of the training split (``heldout_fraction``, 8% as for Kinetics), and on ``T'``,
-a fixed subset of the remaining training examples of the same size; the real val split stays
-for model selection. ``V`` is removed from training.
+<= 0.1, which clamps ``dO_i`` below at ``min_delta_o`` first. ``dG_i <= 0`` gives weight 0.
+Generalization and overfitting are measured on ``V``, a stratified held-out slice of the
+training split (``heldout_fraction``, 8% as for Kinetics), and on ``T'``, a fixed subset of the
+remaining training examples of the same size; the real val split stays for model selection.
+``V`` is removed from training.
 
 Estimators (``method.estimator``):
 
@@ -24,8 +25,8 @@ Estimators (``method.estimator``):
   head, ``g_{i,1}``, ``g_{i,2}`` are ``grad CE_i`` on the two halves of the training batch and
   ``g_{i,V}`` on a batch of ``V`` (its forward pass has its own dropout key);
   ``G_i = <g_{i,V}, g_i>`` with ``g_i`` the mean of the halves and
-  ``O_i = <g_{i,1}, g_{i,2}> - G_i`` (:func:`mmjax.methods.ogr.split_batch_generalization_and_overfitting`):
-  their expectations are the full-data ``<grad L^V, grad L^T>`` and
+  ``O_i = <g_{i,1}, g_{i,2}> - G_i``
+  (:func:`mmjax.methods.ogr.split_batch_generalization_and_overfitting`): their expectations are the full-data ``<grad L^V, grad L^T>`` and
   ``<grad L^T - grad L^V, grad L^T>``, whatever the batch size. ``G_i`` and ``O_i^2`` are
   smoothed by a bias-corrected EMA (``ema_decay``), and every ``every_steps`` steps the weights
   become ``EMA(G_i) / EMA(O_i^2)`` normalised: ``E[O^2]`` stands for the ``sigma_k^2`` of
@@ -148,6 +149,7 @@ class GradientBlending(Method):
       raise ValueError('method.ema_decay must be below 1, got 1.')
     self.every_steps = check_int('method.every_steps', cfg['every_steps'], 1)
     self.heldout_batch_size = check_int('method.heldout_batch_size', cfg['heldout_batch_size'], 0)
+    self._seed = 0
     self.heldout: data.Split | None = None
     self.train_subset: data.Split | None = None
 
@@ -170,7 +172,8 @@ class GradientBlending(Method):
     return dataclasses.replace(dataset, splits={**dataset.splits, 'train': remaining})
 
   def setup(self, trainer: Any) -> None:
-    example = {m: jax.ShapeDtypeStruct((1, *s), jnp.float32) for m, s in trainer.input_shapes.items()}
+    example = {m: jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+               for m, shape in trainer.input_shapes.items()}
     shapes = jax.eval_shape(lambda x: trainer.model.init(jax.random.PRNGKey(0), x, train=False),
                             example)['params']
     self._parameter_groups = trainer.model.parameter_groups(shapes)
