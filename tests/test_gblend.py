@@ -13,6 +13,7 @@ from configs import synthetic
 from mmjax import metrics, train
 from mmjax.methods import ogr
 from mmjax.methods.gblend import GradientBlending
+from mmjax.models import LateFusionClassifier, MLPEncoder
 from mmjax.step import cross_entropy
 
 HEADS = ('fused', 'a', 'b')
@@ -249,7 +250,8 @@ def test_vmap_and_sequential_estimates_match_a_reference_by_hand(online_trainer)
   def split_loss(params, head, split):
     return float(losses(params, split.inputs, split.label)[head])
 
-  reference = {key: [] for key in ('train_before', 'heldout_before', 'train_after', 'heldout_after')}
+  reference = {key: [] for key in
+               ('train_before', 'heldout_before', 'train_after', 'heldout_after')}
   for head in HEADS:
     params, momentum = state.params, g0
     for batch in method._estimation_batches(trainer, 0, 1)():  # pylint: disable=protected-access
@@ -446,7 +448,6 @@ def test_gradient_estimator_is_unbiased_for_two_batch_sizes():
   same-batch estimator ``O = ||g_B||^2 - <g_V, g_B>`` is off by the gradient noise divided by
   the batch size, far more than 4 standard errors.
   """
-  from mmjax.models import LateFusionClassifier, MLPEncoder  # pylint: disable=import-outside-toplevel
   model = LateFusionClassifier({'a': MLPEncoder(hidden=(4,), features=3),
                                 'b': MLPEncoder(hidden=(4,), features=3)}, num_classes=3)
   rng = np.random.default_rng(0)
@@ -508,7 +509,8 @@ def test_gradient_estimator_is_unbiased_for_two_batch_sizes():
       for values, expected in ((g[:, i], full[h][0]), (o[:, i], full[h][1])):
         error = values.std() / np.sqrt(samples)
         assert abs(values.mean() - expected) < 4 * error, (batch_size, h, values.mean(), expected)
-      old_bias_in_errors.append((old_o[:, i].mean() - full[h][1]) / (old_o[:, i].std() / np.sqrt(samples)))
+      old_error = old_o[:, i].std() / np.sqrt(samples)
+      old_bias_in_errors.append((old_o[:, i].mean() - full[h][1]) / old_error)
   assert min(old_bias_in_errors) > 4, old_bias_in_errors
 
 

@@ -26,7 +26,8 @@ Estimators (``method.estimator``):
   ``g_{i,V}`` on a batch of ``V`` (its forward pass has its own dropout key);
   ``G_i = <g_{i,V}, g_i>`` with ``g_i`` the mean of the halves and
   ``O_i = <g_{i,1}, g_{i,2}> - G_i``
-  (:func:`mmjax.methods.ogr.split_batch_generalization_and_overfitting`): their expectations are the full-data ``<grad L^V, grad L^T>`` and
+  (:func:`mmjax.methods.ogr.split_batch_generalization_and_overfitting`): their expectations
+  are the full-data ``<grad L^V, grad L^T>`` and
   ``<grad L^T - grad L^V, grad L^T>``, whatever the batch size. ``G_i`` and ``O_i^2`` are
   smoothed by a bias-corrected EMA (``ema_decay``), and every ``every_steps`` steps the weights
   become ``EMA(G_i) / EMA(O_i^2)`` normalised: ``E[O^2]`` stands for the ``sigma_k^2`` of
@@ -220,8 +221,8 @@ class GradientBlending(Method):
     state = {**super().init_state(), 'delta_g': dict(zeros), 'delta_o': dict(zeros),
              'ogr': dict(zeros)}
     if self.estimator == 'gradient':
-      state.update(ema_g=dict(zeros), ema_o2=dict(zeros),
-                   heldout_rng=jax.random.PRNGKey(derive_seed(self._seed, _HELDOUT_DROPOUT_STREAM)))
+      heldout_rng = jax.random.PRNGKey(derive_seed(self._seed, _HELDOUT_DROPOUT_STREAM))
+      state.update(ema_g=dict(zeros), ema_o2=dict(zeros), heldout_rng=heldout_rng)
     return state
 
   # ----- compiled step (gradient estimator) -----------------------------------------------------

@@ -92,7 +92,7 @@ def blend_weights(delta_g: Array, delta_o: Array, min_delta_o: float, rule: str 
   delta_g = jnp.asarray(delta_g, jnp.float32)
   delta_o = jnp.asarray(delta_o, jnp.float32)
   floor = jnp.float32(min_delta_o)
-  overfit = jnp.maximum(delta_o, floor) if rule == 'clamped' else jnp.maximum(jnp.abs(delta_o), floor)
+  overfit = jnp.maximum(delta_o if rule == 'clamped' else jnp.abs(delta_o), floor)
   generalized = delta_g > 0
   log_ratio = jnp.log(jnp.where(generalized, delta_g, 1.0)) - 2.0 * jnp.log(overfit)
   # log of a positive subnormal may be -inf on a flushing backend; such a head counts as 0.
