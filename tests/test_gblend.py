@@ -363,15 +363,14 @@ def test_gradient_estimator_applies_blended_gradient_and_measures_g_o(gradient_t
         grad(h, b))]) for b in (first, second, batch['heldout']))
     g_values.append(gv @ ((g1 + g2) / 2))
     o_values.append(g1 @ g2 - g_values[-1])
-  for h, g_value, o_value in zip(HEADS, g_values, o_values):
-    assert float(new_state.method_state['delta_g'][h]) == pytest.approx(
-        0.02 * g_value / debias, rel=1e-3)
-    assert float(new_state.method_state['delta_o'][h]) == pytest.approx(
-        np.sqrt(0.02 * o_value**2 / debias), rel=1e-3)
-  ratios = [g / max(abs(np.sqrt(0.02 * o**2 / debias)), 1e-3) ** 2 * 0.02 / debias
-            if g > 0 else 0.0 for g, o in zip(g_values, o_values)]
-  for h, r in zip(HEADS, ratios):
-    assert float(new_state.method_state['weights'][h]) == pytest.approx(r / sum(ratios), rel=1e-3)
+  delta_g = [0.02 * g / debias for g in g_values]
+  delta_o = [np.sqrt(0.02 * o**2 / debias) for o in o_values]
+  ratios = [dg / max(do, 1e-3) ** 2 if dg > 0 else 0.0 for dg, do in zip(delta_g, delta_o)]
+  for i, h in enumerate(HEADS):
+    assert float(new_state.method_state['delta_g'][h]) == pytest.approx(delta_g[i], rel=1e-3)
+    assert float(new_state.method_state['delta_o'][h]) == pytest.approx(delta_o[i], rel=1e-3)
+    assert float(new_state.method_state['weights'][h]) == pytest.approx(
+        ratios[i] / sum(ratios), rel=1e-3)
 
 
 def test_gradient_estimator_logs_the_estimate_behind_its_weights(gradient_trainer):
