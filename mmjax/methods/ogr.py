@@ -8,7 +8,8 @@ per-step ``gradient`` estimator inside the compiled train step. Notation of the 
 - between checkpoints N and N + n: ``dO = O_{N+n} - O_N`` and ``dG = L^V_N - L^V_{N+n}``,
   ``OGR = |dO / dG|`` (Eq. 4);
 - first-order form for an update direction ``g`` (§3.2): ``G = <grad L^V, g>`` and
-  ``O = <grad L^T - grad L^V, g>``;
+  ``O = <grad L^T - grad L^V, g>``, estimated without bias from two halves of a training batch
+  and a held-out batch (:func:`split_batch_generalization_and_overfitting`);
 - blend weights (Proposition 1 / Algorithm 1): ``w_i = (dG_i / dO_i^2) / Z`` with ``Z`` making
   them sum to 1 over the k unimodal heads and the fused head.
 
@@ -110,17 +111,6 @@ def tree_dot(a: PyTree, b: PyTree) -> Array:
   """``<a, b>``: the inner product of two gradient pytrees of the same structure."""
   leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.vdot(x, y).real, a, b))
   return sum(leaves, jnp.float32(0.0))
-
-
-def first_order_generalization_and_overfitting(train_grad: PyTree, heldout_grad: PyTree,
-                                               direction: PyTree) -> tuple[Array, Array]:
-  """``(G, O)`` for an update along ``direction`` (§3.2, the infinitesimal Eq. 4).
-
-  ``G = <grad L^V, g>`` and ``O = <grad L^T - grad L^V, g>``: to first order, a step
-  ``-eta * g`` lowers the held-out loss by ``eta * G`` and raises the overfitting by ``eta * O``.
-  """
-  generalization = tree_dot(heldout_grad, direction)
-  return generalization, tree_dot(train_grad, direction) - generalization
 
 
 def split_batch_generalization_and_overfitting(first_half_grad: PyTree, second_half_grad: PyTree,
