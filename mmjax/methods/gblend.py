@@ -22,8 +22,9 @@ Estimators (``method.estimator``):
   boundary (epoch 0, ``warmup_epochs``, then every ``super_epoch`` epochs, as the paper's 10
   then 5), with ``n`` the length of the coming super-epoch (or ``estimation_epochs``).
 - ``gradient`` (ours): the first-order form of Proposition 1 inside the compiled step. Per
-  head, ``g_{i,1}``, ``g_{i,2}`` are ``grad CE_i`` on the two halves of the training batch and
-  ``g_{i,V}`` on a batch of ``V`` (its forward pass has its own dropout key);
+  head, ``g_{i,1}``, ``g_{i,2}`` are ``grad CE_i`` on the two halves of the training batch
+  (one forward pass each, BatchNorm statistics per half) and ``g_{i,V}`` on a batch of ``V``,
+  each forward pass with its own dropout key;
   ``G_i = <g_{i,V}, g_i>`` with ``g_i`` the mean of the halves and
   ``O_i = <g_{i,1}, g_{i,2}> - G_i``
   (:func:`mmjax.methods.ogr.split_batch_generalization_and_overfitting`): their expectations
@@ -67,7 +68,6 @@ import numpy as np
 
 from mmjax import data
 from mmjax import step as step_lib
-from mmjax.step import cross_entropy
 from mmjax.data.dataset import check_choice, check_float, check_fraction, check_int, derive_seed
 from mmjax.methods import ogr
 from mmjax.methods.base import Method, StepInfo
@@ -235,47 +235,50 @@ class GradientBlending(Method):
                 method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
     """Gradient estimator: per-head gradients on each half of the batch and on a batch of ``V``.
 
-    ``jax.jacrev`` over the matrix of head losses on the two halves gives every ``grad CE_i``
-    per half from one forward pass over the whole batch; the ``V`` forward pass uses its own
-    dropout key. The applied gradient is ``sum_i c_i grad CE_i`` over the whole batch with
-    ``c_i = w_i`` on the branch and fusion parameters and, on head ``h``'s own parameters
-    (:meth:`parameter_groups`), ``c_i = w_i`` or 1 for a probe head with ``w_i = 0``: the probe
-    rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)``
+    ``jax.jacrev`` over the vector of head losses gives every ``grad CE_i`` from one forward
+    pass, run once per half of the training batch and once on ``V``; the second half and ``V``
+    get their own dropout keys (from ``method_state['heldout_rng']``), so the three are
+    independent draws. The model sees each half as a batch of its own (BatchNorm statistics per
+    half; the new statistics are the mean of the two halves', which equals the full-batch
+    update of the running means). The applied gradient is ``sum_i c_i grad CE_i`` over the whole
+    batch (the mean of the halves) with ``c_i = w_i`` on the branch and fusion parameters and,
+    on head ``h``'s own parameters (:meth:`parameter_groups`), ``c_i = w_i`` or 1 for a probe
+    head with ``w_i = 0``: the probe rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)``
     (:func:`~mmjax.methods.ogr.split_batch_generalization_and_overfitting`) go to
     :meth:`update_state` in the step's intermediates under ``'gblend'``.
     """
     if self.estimator != 'gradient':
       return super().gradients(loss_fn, params, batch, method_state)
-    labels = batch['label']
-    half = labels.shape[0] // 2
+    half = batch['label'].shape[0] // 2
+    second_key, heldout_key = jax.random.split(jax.random.split(method_state['heldout_rng'])[0])
 
-    def loss_per_half(p):
-      objective, aux = loss_fn(p, batch)
-      outputs = aux[0]
-      matrix = jnp.stack([jnp.stack([cross_entropy(outputs[h][:half], labels[:half]).mean(),
-                                     cross_entropy(outputs[h][half:], labels[half:]).mean()])
-                          for h in self.heads])
-      return matrix, (objective, aux)
+    def loss_vector(p, b, rng):
+      _, aux = loss_fn(p, b, rng=rng) if rng is not None else loss_fn(p, b)
+      return ogr.as_vector(aux[1], self.heads), aux
 
-    def heldout_losses(p):
-      _, aux = loss_fn(p, batch['heldout'], rng=jax.random.split(method_state['heldout_rng'])[0])
-      return ogr.as_vector(aux[1], self.heads)
+    def per_head_gradients(b, rng=None):
+      return jax.jacrev(loss_vector, has_aux=True)(params, b, rng)
 
-    train_jac, (objective, (outputs, losses, model_state, intermediates)) = jax.jacrev(
-        loss_per_half, has_aux=True)(params)
-    heldout_jac = jax.jacrev(heldout_losses)(params)
-    first, second = (jax.tree.map(lambda j, k=k: j[:, k], train_jac) for k in (0, 1))
+    first_jac, first = per_head_gradients(jax.tree.map(lambda x: x[:half], batch))
+    second_jac, second = per_head_gradients(jax.tree.map(lambda x: x[half:], batch), second_key)
+    heldout_jac, _ = per_head_gradients(batch['heldout'], heldout_key)
     generalization, overfit = jax.vmap(ogr.split_batch_generalization_and_overfitting)(
-        first, second, heldout_jac)
+        first_jac, second_jac, heldout_jac)
     weights = ogr.as_vector(method_state['weights'], self.heads)
     coefficients = jnp.where(weights > 0, weights, 1.0)
 
-    def combine(group, jac):
+    def combine(group, jac_first, jac_second):
       c = coefficients if groups.kind_of(group) == groups.HEAD else weights
-      return jnp.tensordot(c, jac.mean(axis=1), axes=1)
+      return jnp.tensordot(c, (jac_first + jac_second) / 2, axes=1)
 
-    grads = jax.tree.map(combine, self._parameter_groups, train_jac)
+    grads = jax.tree.map(combine, self._parameter_groups, first_jac, second_jac)
+    outputs = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[0], second[0])
+    losses = jax.tree.map(lambda x, y: (x + y) / 2, first[1], second[1])
+    model_state = jax.tree.map(lambda x, y: (x + y) / 2, first[2], second[2])
+    # What the model sows is per example: the two halves' values, in batch order.
+    intermediates = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[3], second[3])
     intermediates = {**intermediates, 'gblend': {'g': generalization, 'o': overfit}}
+    objective = self.objective(losses, method_state)
     return (objective, (outputs, losses, model_state, intermediates)), grads
 
   def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
