@@ -48,7 +48,7 @@ def main():
       n = min(schedule['warmup_epochs'] if epoch == 0 else schedule['super_epoch'], epochs - epoch)
       measured = method.measure(trainer, state, epoch, n)
       online = np.asarray(ogr.blend_weights(measured['delta_g'], measured['delta_o'],
-                                            method.min_delta_o))
+                                            method.min_delta_o, method.weight_rule))
       ratio = np.asarray(ogr.overfitting_to_generalization_ratio(
           measured['delta_g'], measured['delta_o'], method.min_delta_o))
       current = jax.device_get(state.method_state['weights'])

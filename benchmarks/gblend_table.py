@@ -4,7 +4,9 @@
 
 Runs, per data set and seed: each modality alone (``unimodal``), naive joint training
 (``vanilla``), dropout on the fused features (``vanilla`` with ``model.fused_dropout``), equal
-auxiliary losses (``uniform``) and G-Blend ``offline``, ``online`` and ``gradient``. Writes a
+auxiliary losses (``uniform``) and G-Blend ``offline``, ``online`` and ``gradient``, each with
+the paper's weight rule and with ``weight_rule=clamped`` (``--premise`` leaves out dropout: the
+premise table of docs/gradient_blending.md). Writes a
 Markdown table of test accuracy (mean ± std over seeds, at the best-val epoch; the fused head,
 or the modality's head for ``unimodal``) and G-Blend's final weights. Data sets:
 
@@ -12,6 +14,8 @@ or the modality's head for ``unimodal``) and G-Blend's final weights. Data sets:
   weak with a train-only label shortcut; naive joint training leans on the shortcut.
 - ``synthetic-overfit``: 1,000 training examples; ``a`` strong but XOR-like (16 dims), ``b``
   weak and wide (512 dims), so a joint model can memorise the training set through ``b``.
+- ``synthetic-noise``: as ``synthetic-overfit`` but ``b`` has 16 informative dims (signal 1.5)
+  and 496 pure-noise features (``noise_dims``).
 - ``ucimf``: UCI Multiple Features, views ``fou`` + ``pix``.
 
 Runs live in ``--workdir/<data set>/<method>/seed<k>``; rerunning resumes (finished runs are
@@ -36,8 +40,11 @@ from configs import synthetic, ucimf  # noqa: E402  pylint: disable=wrong-import
 from mmjax import metrics, train  # noqa: E402  pylint: disable=wrong-import-position
 
 SEEDS = (0, 1, 2)
-METHODS = ('unimodal:{0}', 'unimodal:{1}', 'vanilla', 'dropout', 'uniform', 'gblend:offline',
-           'gblend:online', 'gblend:gradient')
+METHODS = ('unimodal:{0}', 'unimodal:{1}', 'vanilla', 'dropout', 'uniform',
+           'gblend:offline', 'gblend:online', 'gblend:gradient',
+           'gblend:offline:clamped', 'gblend:online:clamped', 'gblend:gradient:clamped')
+#: The premise table of docs/gradient_blending.md: the paper's rule and the old one.
+PREMISE_METHODS = tuple(m for m in METHODS if m != 'dropout')
 
 
 def synthetic_shortcut(arg: str):
@@ -57,12 +64,24 @@ def synthetic_overfit(arg: str):
   return config
 
 
+def synthetic_noise(arg: str):
+  config = synthetic.get_config(arg)
+  config.data.num_train = 1000
+  config.data.dim = (16, 16)
+  config.data.signal = (2.0, 1.5)
+  config.data.clusters_per_class = (2, 1)
+  config.data.noise_dims = (0, 496)
+  return config
+
+
 DATASETS = {
     # name: (config builder, modalities, epochs, G-Blend schedule)
     'synthetic-shortcut': (synthetic_shortcut, ('a', 'b'), 20,
                            {'warmup_epochs': 5, 'super_epoch': 5}),
     'synthetic-overfit': (synthetic_overfit, ('a', 'b'), 20,
                           {'warmup_epochs': 5, 'super_epoch': 5}),
+    'synthetic-noise': (synthetic_noise, ('a', 'b'), 20,
+                        {'warmup_epochs': 5, 'super_epoch': 5}),
     'ucimf': (ucimf.get_config, ('fou', 'pix'), 20, {'warmup_epochs': 5, 'super_epoch': 5}),
 }
 OFFLINE_ESTIMATION_EPOCHS = 5
@@ -71,6 +90,7 @@ OFFLINE_ESTIMATION_EPOCHS = 5
 def build_config(dataset: str, method: str, seed: int):
   builder, modalities, epochs, schedule = DATASETS[dataset]
   name, _, option = method.partition(':')
+  option, _, rule = option.partition(':')
   if name == 'unimodal':
     arg = f'method=unimodal,modality={option.format(*modalities)}'
   elif name == 'gblend':
@@ -84,6 +104,7 @@ def build_config(dataset: str, method: str, seed: int):
     config.model.fused_dropout = 0.5
   if name == 'gblend':
     config.method.update(schedule)
+    config.method.weight_rule = rule or 'paper'
     if option == 'offline':
       config.method.estimation_epochs = OFFLINE_ESTIMATION_EPOCHS
   return config
@@ -120,10 +141,12 @@ def run(dataset: str, method: str, seed: int, workdir: str) -> dict:
 def label(dataset: str, method: str) -> str:
   modalities = DATASETS[dataset][1]
   name, _, option = method.partition(':')
+  option, _, rule = option.partition(':')
   if name == 'unimodal':
     return f'{option.format(*modalities)} only'
   return {'vanilla': 'naive joint (vanilla)', 'dropout': 'dropout 0.5 on fused features',
-          'uniform': 'auxiliary losses (uniform)'}.get(name, f'G-Blend {option}')
+          'uniform': 'auxiliary losses (uniform)'}.get(
+              name, f"G-Blend {option}, {rule or 'paper'} rule")
 
 
 def table(results: dict) -> str:
@@ -158,12 +181,18 @@ def main():
   parser.add_argument('--workdir', default='/tmp/gblend_table')
   parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'gblend_table.md'))
   parser.add_argument('--datasets', default=','.join(DATASETS))
+  parser.add_argument('--premise', action='store_true',
+                      help='the premise table of docs/gradient_blending.md: no dropout baseline')
+  parser.add_argument('--epochs', type=int, default=0, help='override every data set\'s epochs')
   args = parser.parse_args()
+  if args.epochs:
+    for name, (builder, modalities, _, schedule) in list(DATASETS.items()):
+      DATASETS[name] = (builder, modalities, args.epochs, schedule)
   results = {}
   start = time.perf_counter()
   for dataset in args.datasets.split(','):
     results[dataset] = {}
-    for method in METHODS:
+    for method in PREMISE_METHODS if args.premise else METHODS:
       results[dataset][method] = []
       for seed in SEEDS:
         workdir = os.path.join(args.workdir, dataset, method.replace(':', '-').format(0, 1),
@@ -172,7 +201,8 @@ def main():
         results[dataset][method].append(result)
         print(json.dumps({'dataset': dataset, 'method': method, 'seed': seed, **result}),
               flush=True)
-  text = table(results) + '\nCommand: `nice python benchmarks/gblend_table.py`.\n'
+  command = ' '.join(['nice python benchmarks/gblend_table.py', *sys.argv[1:]])
+  text = table(results) + f'\nCommand: `{command}`.\n'
   with open(args.out, 'w', encoding='utf-8') as f:
     f.write(text)
   print(text)

@@ -5,8 +5,9 @@
 Arguments: method=NAME; smoke; seed=N; and the method options modality=NAME (unimodal),
 estimator=... (gblend), mode=... (greedy). The data options are set with
 --config.data.KEY=VALUE, per modality for dim, signal (class separation), clusters_per_class
-(difficulty: 1 is linearly separable, K >= 2 an XOR-like layout) and shortcut (a train-only
-label shortcut), e.g. --config.data.signal='(3.0, 1.0)'; see mmjax/data/synthetic.py.
+(difficulty: 1 is linearly separable, K >= 2 an XOR-like layout), shortcut (a train-only
+label shortcut) and noise_dims (label-independent features appended), e.g.
+--config.data.signal='(3.0, 1.0)'; see mmjax/data/synthetic.py.
 """
 
 import ml_collections
@@ -21,7 +22,7 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg, **config_lib.common_args())
   config = config_lib.base_config()
   config.seed = args.seed
-  per_modality = ('dim', 'signal', 'clusters_per_class', 'shortcut')
+  per_modality = ('dim', 'signal', 'clusters_per_class', 'shortcut', 'noise_dims')
   options = {k: (v,) * len(MODALITIES) if k in per_modality else v
              for k, v in synthetic_data.OPTIONS.items()}
   options['modalities'] = MODALITIES

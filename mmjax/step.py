@@ -78,9 +78,9 @@ def make_train_step(model: nn.Module, method: Method, tx: optax.GradientTransfor
     dropout_rng, method_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     model_kwargs = method.model_kwargs(state.method_state, method_rng)
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, rng=dropout_rng):
       outputs, model_state, intermediates = forward(
-          model, params, state.model_state, batch['inputs'], train=True, rng=dropout_rng,
+          model, params, state.model_state, batch['inputs'], train=True, rng=rng,
           **model_kwargs)
       losses = head_losses(outputs, batch['label'])
       loss = method.objective(losses, state.method_state)

@@ -315,6 +315,18 @@ def test_synthetic_shortcut_is_aligned_in_train_only():
   assert 0.55 < agreement < 0.7  # 0.5 aligned plus a quarter of the random half.
 
 
+def test_synthetic_noise_dims_append_label_independent_features():
+  plain = synthetic(num_train=2000)
+  noisy = synthetic(noise_dims=[0, 8], num_train=2000)
+  assert noisy.modality_shapes == {'a': (16,), 'b': (24,)}
+  train = noisy.splits['train']
+  np.testing.assert_array_equal(train.inputs['b'][:, :16], plain.splits['train'].inputs['b'])
+  extra = train.inputs['b'][:, 16:]
+  assert abs(extra.mean()) < 0.05 and abs(extra.std() - 1.0) < 0.05
+  class_means = np.stack([extra[train.label == c].mean(0) for c in range(4)])
+  assert np.abs(class_means).max() < 0.15  # 3.4 standard errors of a class mean (500 examples)
+
+
 @pytest.mark.parametrize('options, key', [
     ({'signal': [1.0, 2.0, 3.0]}, 'signal'),
     ({'signal': -1.0}, 'signal'),
@@ -323,6 +335,7 @@ def test_synthetic_shortcut_is_aligned_in_train_only():
     ({'clusters_per_class': [1, 0]}, r'clusters_per_class\[1\]'),
     ({'clusters_per_class': 1.5}, 'clusters_per_class'),
     ({'dim': [4]}, 'dim'),
+    ({'noise_dims': [0, -1]}, r'noise_dims\[1\]'),
     ({'num_classes': 1}, 'num_classes'),
     ({'num_train': 0}, 'num_train'),
     ({'modalities': ['a', 'fused']}, 'modalities'),

@@ -26,7 +26,11 @@ def test_learning_speed_ratios_hand_computed():
            'encoders_b': {'w': jnp.array([0.1])}, 'head_b': {'w': jnp.array([0.0])},
            'mmtm_0': {'squeeze': {'w': jnp.array([1.0])}, 'excite_a': {'w': jnp.array([2.0])},
                       'excite_b': {'w': jnp.array([0.0, 3.0])}}}
-  own, fusion = greedy.learning_speed_ratios(params, grads, MODALITIES)
+  labels = {'encoders_a': {'w': 'branch/a'}, 'head_a': {'w': 'head/a'}, 'encoders_b': {'w': 'branch/b'},
+            'head_b': {'w': 'head/b'},
+            'mmtm_0': {'squeeze': {'w': 'fusion'}, 'excite_a': {'w': 'fusion/a'},
+                       'excite_b': {'w': 'fusion/b'}}}
+  own, fusion = greedy.learning_speed_ratios(params, grads, MODALITIES, labels)
   assert float(own['a']) == pytest.approx((0.09 + 0.16 + 1.0) / 25.0)
   assert float(own['b']) == pytest.approx(0.01 / 2.0)
   assert float(fusion['a']) == pytest.approx((1.0 + 4.0) / (4.0 + 1.0))  # squeeze + excite_a
@@ -285,7 +289,7 @@ def test_three_modalities_use_spreads():
   config = tiny_synthetic_config('greedy', mode='guided')
   with config.unlocked():
     config.data.modalities = ('a', 'b', 'c')
-    for key in ('dim', 'signal', 'clusters_per_class', 'shortcut'):
+    for key in ('dim', 'signal', 'clusters_per_class', 'shortcut', 'noise_dims'):
       config.data[key] = tuple(config.data[key]) + (config.data[key][0],)
     config.model.encoders['c'] = dict(config.model.encoders['a'])
   three = train.Trainer(config)

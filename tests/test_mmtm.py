@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mmjax import models
-from mmjax.models.mmtm import MMTM, parameter_groups, squeeze
+from mmjax.models.mmtm import MMTM, squeeze
+from mmjax.step import cross_entropy
 
 RNG = jax.random.PRNGKey(0)
 
@@ -131,13 +132,26 @@ def test_parameter_groups_for_three_modalities():
   model = _model({m: {'name': 'mlp', 'hidden': (4,), 'features': 3} for m in ('a', 'b', 'c')})
   inputs = {m: jnp.ones((1, 5)) for m in ('a', 'b', 'c')}
   params = jax.eval_shape(lambda x: model.init(RNG, x, train=False), inputs)['params']
-  own, fusion = parameter_groups(params, model.modalities)
-  encoder_leaves = len(jax.tree.leaves(params['encoders_a'])) + len(jax.tree.leaves(params['head_a']))
-  assert len(own['a']) == encoder_leaves
-  mmtm = params['mmtm_0']
-  assert {id(x) for x in fusion['b']} == {id(x) for x in jax.tree.leaves(
-      {'squeeze': mmtm['squeeze'], 'excite_b': mmtm['excite_b']})}
-  assert sum(len(v) for v in own.values()) + len(jax.tree.leaves(mmtm)) == len(jax.tree.leaves(params))
+  labels = model.parameter_groups(params)
+  assert jax.tree.structure(labels) == jax.tree.structure(params)
+  for m in ('a', 'b', 'c'):
+    assert set(jax.tree.leaves(labels[f'encoders_{m}'])) == {f'branch/{m}'}
+    assert set(jax.tree.leaves(labels[f'head_{m}'])) == {f'head/{m}'}
+    assert set(jax.tree.leaves(labels['mmtm_0'][f'excite_{m}'])) == {f'fusion/{m}'}
+  assert set(jax.tree.leaves(labels['mmtm_0']['squeeze'])) == {'fusion'}
+
+
+def test_mmtm_unimodal_head_reads_the_other_branch_through_fusion_groups():
+  """Why G-Blend refuses MMTM: head ``a``'s loss moves branch ``b`` and the fusion layers."""
+  model = _model({m: {'name': 'mlp', 'hidden': (4,), 'features': 3} for m in ('a', 'b')})
+  inputs = {m: jax.random.normal(jax.random.PRNGKey(i), (6, 5)) for i, m in enumerate(('a', 'b'))}
+  params = model.init(RNG, inputs, train=False)['params']
+  labels = model.parameter_groups(params)
+  grads = jax.grad(lambda p: cross_entropy(
+      model.apply({'params': p}, inputs, train=False)['a'], jnp.arange(6) % 3).mean())(params)
+  moved = {group for group, g in zip(jax.tree.leaves(labels), jax.tree.leaves(grads))
+           if np.abs(np.asarray(g)).max() > 0}
+  assert moved == {'branch/a', 'head/a', 'branch/b', 'fusion/a', 'fusion'}
 
 
 @pytest.mark.parametrize('kwargs, match', [

@@ -14,6 +14,7 @@ import pytest
 
 from mmjax import models
 from mmjax.models import LateFusionClassifier, MLPEncoder, ResNet18, SmallCNN
+from mmjax.step import cross_entropy
 
 
 def key(seed: int) -> jax.Array:
@@ -187,6 +188,25 @@ def test_late_fusion_outputs_and_params():
   assert params['fused_mlp_1']['kernel'].shape == (8, 6)
   assert params['head_fused']['kernel'].shape == (6, C)
   assert params['head_color']['kernel'].shape == (5, C)
+
+
+def test_late_fusion_parameter_groups_match_what_each_head_moves():
+  """Each head's loss moves exactly the groups labelled as its own (and the encoders it reads)."""
+  model = LateFusionClassifier({'gray': mlp(4), 'color': mlp(5)}, num_classes=C, fused_hidden=(8,))
+  inputs = two_modality_inputs()
+  params = models.init_variables(model, key(0), inputs)['params']
+  labels = model.parameter_groups(params)
+  assert jax.tree.structure(labels) == jax.tree.structure(params)
+  assert set(jax.tree.leaves(labels['fused_mlp_0'])) == {'head/fused'}
+  labels_leaves = jax.tree.leaves(labels)
+  expected = {'fused': {'branch/gray', 'branch/color', 'head/fused'},
+              'gray': {'branch/gray', 'head/gray'}, 'color': {'branch/color', 'head/color'}}
+  for head, groups_moved in expected.items():
+    grads = jax.grad(lambda p, h=head: cross_entropy(
+        model.apply({'params': p}, inputs, train=False)[h], jnp.arange(4) % C).mean())(params)
+    moved = {g for g, leaf in zip(labels_leaves, jax.tree.leaves(grads))
+             if np.abs(np.asarray(leaf)).max() > 0}
+    assert moved == groups_moved, head
 
 
 @pytest.mark.parametrize('fusion', ['concat', 'sum'])

@@ -20,8 +20,12 @@ Every modality is a noisy view of the same label. For a modality with options ``
   is perfectly aligned with the label in train and useless elsewhere, so a model that leans on
   it fits train fast and fails at test. With 0 (the default) no channels are added; the
   per-example shape is ``(dim,)``, or ``(dim + num_classes,)`` with a shortcut.
+- ``noise_dims`` (integer >= 0) appends that many pure-noise features ``N(0, 1)``, independent
+  of the label, after the ``dim`` informative ones: a modality with many irrelevant features,
+  which a model can use to memorise the training set. 0 (the default) adds none.
 
-``dim``, ``signal``, ``clusters_per_class`` and ``shortcut`` take one value for every modality
+``dim``, ``signal``, ``clusters_per_class``, ``shortcut`` and ``noise_dims`` take one value for
+every modality
 or a sequence with one value per modality. Labels are class-balanced within each split
 (``N % num_classes`` classes get one more) and shuffled. Generation is vectorised numpy and
 deterministic in ``(options, seed)``.
@@ -54,8 +58,9 @@ OPTIONS = {
     'signal': 2.0,
     'clusters_per_class': 1,
     'shortcut': 0.0,
+    'noise_dims': 0,
 }
-"""Options and their defaults; ``dim`` to ``shortcut`` also take one value per modality."""
+"""Options and their defaults; ``dim`` to ``noise_dims`` also take one value per modality."""
 
 # Random streams of one build, each seeded by derive_seed(seed, stream, ...).
 _STREAM_LABELS, _STREAM_CENTRES, _STREAM_EXAMPLES = range(3)
@@ -65,7 +70,8 @@ _STREAM_LABELS, _STREAM_CENTRES, _STREAM_EXAMPLES = range(3)
 def build(seed: int, modalities: tuple[str, ...], num_classes: int, num_train: int,
           num_val: int, num_test: int, dim: int | tuple[int, ...],
           signal: float | tuple[float, ...], clusters_per_class: int | tuple[int, ...],
-          shortcut: float | tuple[float, ...]) -> MultiModalDataset:
+          shortcut: float | tuple[float, ...], noise_dims: int | tuple[int, ...] = 0
+          ) -> MultiModalDataset:
   """Builds the synthetic data set; cached in-process on the (hashable) arguments.
 
   Args:
@@ -79,10 +85,11 @@ def build(seed: int, modalities: tuple[str, ...], num_classes: int, num_train: i
     signal: root-mean-square norm of the cluster centres, >= 0; one or one per modality.
     clusters_per_class: clusters per class, >= 1; one or one per modality.
     shortcut: strength of the train-only shortcut, in [0, 1]; one or one per modality.
+    noise_dims: label-independent ``N(0, 1)`` features appended, >= 0; one or one per modality.
 
   Returns:
-    The data set; modality ``m`` has per-example shape ``(dim_m,)``, plus ``num_classes`` when
-    its shortcut is positive.
+    The data set; modality ``m`` has per-example shape ``(dim_m + noise_dims_m,)``, plus
+    ``num_classes`` when its shortcut is positive.
   """
   modalities = check_modalities('modalities', modalities)
   num_classes = check_int('num_classes', num_classes, 2)
@@ -94,6 +101,7 @@ def build(seed: int, modalities: tuple[str, ...], num_classes: int, num_train: i
                           lambda k, v: check_int(k, v, 1))
   shortcuts = per_modality('shortcut', shortcut, modalities,
                            lambda k, v: check_float(k, v, 0.0, 1.0))
+  noise = per_modality('noise_dims', noise_dims, modalities, lambda k, v: check_int(k, v, 0))
 
   labels = [_balanced_labels(size, num_classes, derive_seed(seed, _STREAM_LABELS, s))
             for s, size in enumerate(sizes)]
@@ -104,6 +112,9 @@ def build(seed: int, modalities: tuple[str, ...], num_classes: int, num_train: i
     for s, split in enumerate(SPLITS):
       rng = np.random.default_rng(derive_seed(seed, _STREAM_EXAMPLES, m, s))
       features = sample_features(centres, labels[s], rng)
+      if noise[m]:
+        features = np.concatenate(
+            [features, rng.standard_normal((len(labels[s]), noise[m])).astype(np.float32)], axis=1)
       if shortcuts[m] > 0:
         aligned_share = shortcuts[m] if split == 'train' else 0.0
         features = np.concatenate(

@@ -2,10 +2,13 @@
 
 The loss is ``L_blend = sum_i w_i CE_i`` over the k unimodal heads and the fused head (Eq. 6),
 with ``w_i = (dG_i / dO_i^2) / Z`` (Proposition 1, Algorithm 1; formulas and degenerate cases in
-:mod:`mmjax.methods.ogr`). Generalization and overfitting are measured on ``V``, a stratified
-held-out slice of the training split (``heldout_fraction``, 8% as for Kinetics), and on ``T'``,
-a fixed subset of the remaining training examples of the same size; the real val split stays
-for model selection. ``V`` is removed from training.
+:mod:`mmjax.methods.ogr`): by default (``weight_rule='paper'``) the signed ``dO_i`` is squared,
+with only ``|dO_i|`` floored at ``min_delta_o``; ``weight_rule='clamped'`` is the rule of mmjax
+<= 0.1, which clamps ``dO_i`` below at ``min_delta_o`` first. ``dG_i <= 0`` gives weight 0.
+Generalization and overfitting are measured on ``V``, a stratified held-out slice of the
+training split (``heldout_fraction``, 8% as for Kinetics), and on ``T'``, a fixed subset of the
+remaining training examples of the same size; the real val split stays for model selection.
+``V`` is removed from training.
 
 Estimators (``method.estimator``):
 
@@ -19,12 +22,20 @@ Estimators (``method.estimator``):
   boundary (epoch 0, ``warmup_epochs``, then every ``super_epoch`` epochs, as the paper's 10
   then 5), with ``n`` the length of the coming super-epoch (or ``estimation_epochs``).
 - ``gradient`` (ours): the first-order form of Proposition 1 inside the compiled step. Per
-  head, ``g_i = grad CE_i`` on the training batch and ``grad CE^V_i`` on a batch of ``V``;
-  ``G_i = <grad CE^V_i, g_i>``, ``O_i = <g_i - grad CE^V_i, g_i>``. ``G_i`` and ``O_i^2`` are
+  head, ``g_{i,1}``, ``g_{i,2}`` are ``grad CE_i`` on the two halves of the training batch
+  (one forward pass each, BatchNorm statistics per half) and ``g_{i,V}`` on a batch of ``V``,
+  each forward pass with its own dropout key;
+  ``G_i = <g_{i,V}, g_i>`` with ``g_i`` the mean of the halves and
+  ``O_i = <g_{i,1}, g_{i,2}> - G_i``
+  (:func:`mmjax.methods.ogr.split_batch_generalization_and_overfitting`): their expectations
+  are the full-data ``<grad L^V, grad L^T>`` and
+  ``<grad L^T - grad L^V, grad L^T>``, whatever the batch size. ``G_i`` and ``O_i^2`` are
   smoothed by a bias-corrected EMA (``ema_decay``), and every ``every_steps`` steps the weights
-  become ``EMA(G_i) / EMA(O_i^2)`` normalised: ``E[O^2]`` is the ``sigma_k^2`` of Proposition 1,
-  logged as ``delta_o = sqrt(EMA(O_i^2))``. The applied update is ``sum_i w_i grad CE_i`` with
-  the weights held at the start of the step (probe heads as in :mod:`mmjax.methods.base`).
+  become ``EMA(G_i) / EMA(O_i^2)`` normalised: ``E[O^2]`` stands for the ``sigma_k^2`` of
+  Proposition 1, logged as ``delta_o = sqrt(EMA(O_i^2))``; the logged ``delta_g``/``delta_o``
+  are the pair that produced the current weights. The applied update is ``sum_i w_i grad CE_i``
+  on the whole batch with the weights held at the start of the step (probe heads as in
+  :mod:`mmjax.methods.base`). The batch size must be even.
 
 The ``k + 1`` estimation runs are one compiled program, ``jax.vmap`` of a weighted train step
 over the stacked copies (``estimation='vmap'``), or run one after another with the same step
@@ -34,6 +45,12 @@ moments and its learning-rate schedule position), so copy ``i`` is the checkpoin
 trained on exactly as the main run would be; MultiBench instead builds a fresh optimiser.
 Estimation reads its own batches (seeded by ``(seed, epoch)``), so the main data stream, and
 resuming from a checkpoint, are unaffected.
+
+G-Blend needs unimodal heads that read only their own branch (Fig. 2c): a model whose
+:meth:`parameter_groups` has fusion layers (the MMTM network, where every branch's features
+pass through shared MMTM layers) is refused, since a copy trained on "modality ``m``'s head"
+would also train the other branches and ``dG``/``dO`` would not be modality ``m``'s. A
+non-finite ``dG`` or ``dO`` from an estimation stops the run naming the head.
 
 Weights, ``dG``, ``dO`` and ``OGR`` per head are in the method state and logged as
 ``gblend/weight/<head>``, ``gblend/delta_g/<head>``, ``gblend/delta_o/<head>`` and
@@ -53,7 +70,8 @@ from mmjax import data
 from mmjax import step as step_lib
 from mmjax.data.dataset import check_choice, check_float, check_fraction, check_int, derive_seed
 from mmjax.methods import ogr
-from mmjax.methods.base import Method, StepInfo, probe_objective
+from mmjax.methods.base import Method, StepInfo
+from mmjax.models import groups
 
 Array = jax.Array
 PyTree = Any
@@ -66,9 +84,22 @@ _HELDOUT_STREAM = 101
 _TRAIN_SUBSET_STREAM = 102
 _ESTIMATION_DATA_STREAM = 103
 _HELDOUT_BATCH_STREAM = 104
+_HELDOUT_DROPOUT_STREAM = 105
 
-#: Parameters whose top-level name starts with this belong to an encoder (late fusion model).
-ENCODER_PREFIX = 'encoders_'
+
+def check_finite_estimate(measured: Mapping[str, Array], heads: Sequence[str], epoch: int) -> None:
+  """Raises ``FloatingPointError`` naming the heads whose measured losses, ``dG`` or ``dO`` are
+  not finite (an estimation copy diverged), instead of letting them fall to weight 0."""
+  keys = ('train_before', 'heldout_before', 'train_after', 'heldout_after', 'delta_g', 'delta_o')
+  values = {k: np.asarray(jax.device_get(measured[k])) for k in keys}
+  bad = [h for i, h in enumerate(heads) if not all(np.isfinite(values[k][i]) for k in keys)]
+  if bad:
+    details = '; '.join(
+        f'{h}: ' + ', '.join(f'{k}={values[k][heads.index(h)]:.4g}' for k in keys) for h in bad)
+    raise FloatingPointError(
+        f'G-Blend estimate before epoch {epoch + 1}: non-finite values for head(s) '
+        f'{", ".join(bad)} ({details}); the estimation copy of that head diverged (lower the '
+        'learning rate), and the run stopped rather than train with meaningless weights.')
 
 
 class SingleHeadTraining(Method):
@@ -89,7 +120,8 @@ class GradientBlending(Method):
       'estimator': 'online',  # offline | online | gradient
       'heldout_fraction': 0.08,  # share of train held out as V
       'metric': 'loss',  # loss | accuracy: what dG and dO are measured on (offline, online)
-      'min_delta_o': 1e-3,  # dO (or sqrt(EMA O^2)) is clamped below at this
+      'weight_rule': 'paper',  # paper: dG / dO^2, signed dO | clamped: dO clamped below first
+      'min_delta_o': 1e-3,  # floor on |dO| (paper) or on dO (clamped), and on sqrt(EMA O^2)
       'warmup_epochs': 10,  # online: length of the first super-epoch
       'super_epoch': 5,  # online: length of the later super-epochs
       'estimation_epochs': 0,  # epochs n of each estimation run; 0: the coming super-epoch's length
@@ -105,6 +137,7 @@ class GradientBlending(Method):
     self.estimator = check_choice('method.estimator', cfg['estimator'], ESTIMATORS)
     self.heldout_fraction = check_fraction('method.heldout_fraction', cfg['heldout_fraction'])
     self.metric = check_choice('method.metric', cfg['metric'], ogr.METRICS)
+    self.weight_rule = check_choice('method.weight_rule', cfg['weight_rule'], ogr.WEIGHT_RULES)
     self.min_delta_o = check_float('method.min_delta_o', cfg['min_delta_o'], 0.0)
     if self.min_delta_o <= 0:
       raise ValueError('method.min_delta_o must be positive, got 0.')
@@ -117,6 +150,7 @@ class GradientBlending(Method):
       raise ValueError('method.ema_decay must be below 1, got 1.')
     self.every_steps = check_int('method.every_steps', cfg['every_steps'], 1)
     self.heldout_batch_size = check_int('method.heldout_batch_size', cfg['heldout_batch_size'], 0)
+    self._seed = 0
     self.heldout: data.Split | None = None
     self.train_subset: data.Split | None = None
 
@@ -139,10 +173,28 @@ class GradientBlending(Method):
     return dataclasses.replace(dataset, splits={**dataset.splits, 'train': remaining})
 
   def setup(self, trainer: Any) -> None:
+    example = {m: jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+               for m, shape in trainer.input_shapes.items()}
+    shapes = jax.eval_shape(lambda x: trainer.model.init(jax.random.PRNGKey(0), x, train=False),
+                            example)['params']
+    self._parameter_groups = trainer.model.parameter_groups(shapes)
+    fusion = sorted({g for g in jax.tree.leaves(self._parameter_groups)
+                     if groups.kind_of(g) == groups.FUSION})
+    if fusion:
+      raise ValueError(
+          f"method 'gblend' needs unimodal heads that read only their own modality, but model "
+          f'{trainer.config.model.name!r} has fusion layers ({", ".join(fusion)}) between the '
+          "branches, so an estimation copy of one modality's head would train the others too; "
+          "use model.name = 'late_fusion'.")
     self._seed = trainer.seed
     self._num_epochs = int(trainer.config.num_epochs)
     self._train_iterator = trainer.train_iterator
     if self.estimator == 'gradient':
+      if trainer.config.batch_size % (2 * trainer.mesh.size):
+        raise ValueError(
+            f'batch_size = {trainer.config.batch_size}: the gradient estimator splits each batch '
+            f'in two halves over {trainer.mesh.size} device(s), so batch_size must be a multiple '
+            f'of {2 * trainer.mesh.size}.')
       size = self.heldout_batch_size or min(trainer.config.batch_size, len(self.heldout))
       size -= size % trainer.mesh.size
       if not 0 < size <= len(self.heldout):
@@ -169,7 +221,8 @@ class GradientBlending(Method):
     state = {**super().init_state(), 'delta_g': dict(zeros), 'delta_o': dict(zeros),
              'ogr': dict(zeros)}
     if self.estimator == 'gradient':
-      state.update(ema_g=dict(zeros), ema_o2=dict(zeros))
+      heldout_rng = jax.random.PRNGKey(derive_seed(self._seed, _HELDOUT_DROPOUT_STREAM))
+      state.update(ema_g=dict(zeros), ema_o2=dict(zeros), heldout_rng=heldout_rng)
     return state
 
   # ----- compiled step (gradient estimator) -----------------------------------------------------
@@ -180,40 +233,60 @@ class GradientBlending(Method):
 
   def gradients(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
                 method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
-    """Gradient estimator: per-head gradients on the batch and on a batch of ``V``.
+    """Gradient estimator: per-head gradients on each half of the batch and on a batch of ``V``.
 
     ``jax.jacrev`` over the vector of head losses gives every ``grad CE_i`` from one forward
-    pass. The applied gradient is ``sum_i w_i grad CE_i`` on the encoders and
-    ``sum_i c_i grad CE_i`` elsewhere (``c_i = w_i``, or 1 for a probe head with ``w_i = 0``),
-    which is the probe rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)`` go to
+    pass, run once per half of the training batch and once on ``V``; the second half and ``V``
+    get their own dropout keys (from ``method_state['heldout_rng']``), so the three are
+    independent draws. The model sees each half as a batch of its own (BatchNorm statistics per
+    half; the new statistics are the mean of the two halves', which equals the full-batch
+    update of the running means). The applied gradient is ``sum_i c_i grad CE_i`` over the whole
+    batch (the mean of the halves) with ``c_i = w_i`` on the branch and fusion parameters and,
+    on head ``h``'s own parameters (:meth:`parameter_groups`), ``c_i = w_i`` or 1 for a probe
+    head with ``w_i = 0``: the probe rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)``
+    (:func:`~mmjax.methods.ogr.split_batch_generalization_and_overfitting`) go to
     :meth:`update_state` in the step's intermediates under ``'gblend'``.
     """
     if self.estimator != 'gradient':
       return super().gradients(loss_fn, params, batch, method_state)
+    half = batch['label'].shape[0] // 2
+    second_key, heldout_key = jax.random.split(jax.random.split(method_state['heldout_rng'])[0])
 
-    def loss_vector(p, b):
-      _, aux = loss_fn(p, b)
+    def loss_vector(p, b, rng):
+      _, aux = loss_fn(p, b, rng=rng) if rng is not None else loss_fn(p, b)
       return ogr.as_vector(aux[1], self.heads), aux
 
-    train_jac, (outputs, losses, model_state, intermediates) = jax.jacrev(
-        loss_vector, has_aux=True)(params, batch)
-    heldout_jac, _ = jax.jacrev(loss_vector, has_aux=True)(params, batch['heldout'])
-    generalization, overfit = jax.vmap(ogr.first_order_generalization_and_overfitting)(
-        train_jac, heldout_jac, train_jac)
+    def per_head_gradients(b, rng=None):
+      return jax.jacrev(loss_vector, has_aux=True)(params, b, rng)
+
+    first_jac, first = per_head_gradients(jax.tree.map(lambda x: x[:half], batch))
+    second_jac, second = per_head_gradients(jax.tree.map(lambda x: x[half:], batch), second_key)
+    heldout_jac, _ = per_head_gradients(batch['heldout'], heldout_key)
+    generalization, overfit = jax.vmap(ogr.split_batch_generalization_and_overfitting)(
+        first_jac, second_jac, heldout_jac)
     weights = ogr.as_vector(method_state['weights'], self.heads)
     coefficients = jnp.where(weights > 0, weights, 1.0)
 
-    def combine(path, jac):
-      c = weights if getattr(path[0], 'key', '').startswith(ENCODER_PREFIX) else coefficients
-      return jnp.tensordot(c, jac, axes=1)
+    def combine(group, jac_first, jac_second):
+      c = coefficients if groups.kind_of(group) == groups.HEAD else weights
+      return jnp.tensordot(c, (jac_first + jac_second) / 2, axes=1)
 
-    grads = jax.tree_util.tree_map_with_path(combine, train_jac)
-    objective = probe_objective(losses, method_state['weights'])
+    grads = jax.tree.map(combine, self._parameter_groups, first_jac, second_jac)
+    outputs = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[0], second[0])
+    losses = jax.tree.map(lambda x, y: (x + y) / 2, first[1], second[1])
+    model_state = jax.tree.map(lambda x, y: (x + y) / 2, first[2], second[2])
+    # What the model sows is per example: the two halves' values, in batch order.
+    intermediates = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[3], second[3])
     intermediates = {**intermediates, 'gblend': {'g': generalization, 'o': overfit}}
+    objective = self.objective(losses, method_state)
     return (objective, (outputs, losses, model_state, intermediates)), grads
 
   def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
-    """Gradient estimator: EMA of ``G`` and ``O^2``; new weights when ``(step + 1) % m == 0``."""
+    """Gradient estimator: EMA of ``G`` and ``O^2``; new weights when ``(step + 1) % m == 0``.
+
+    ``delta_g``, ``delta_o`` and ``ogr`` change only with the weights, so the logged values are
+    the ones that produced the weights in use.
+    """
     if self.estimator != 'gradient':
       return method_state, {}
     stats = info.aux['gblend']
@@ -224,12 +297,13 @@ class GradientBlending(Method):
     debias = 1.0 - decay ** (info.step.astype(jnp.float32) + 1.0)
     delta_g, delta_o = ema_g / debias, jnp.sqrt(ema_o2 / debias)
     update = (info.step + 1) % self.every_steps == 0
-    old = ogr.as_vector(method_state['weights'], self.heads)
-    weights = jnp.where(update, ogr.blend_weights(delta_g, delta_o, self.min_delta_o), old)
+    estimate = self._estimate_state(
+        ogr.blend_weights(delta_g, delta_o, self.min_delta_o, self.weight_rule), delta_g, delta_o)
     new_state = dict(method_state)
-    new_state.update(
-        ema_g=self._per_head(ema_g), ema_o2=self._per_head(ema_o2),
-        **self._estimate_state(weights, delta_g, delta_o))
+    new_state.update(jax.tree.map(lambda new, old: jnp.where(update, new, old), estimate,
+                                  {key: method_state[key] for key in estimate}))
+    new_state.update(ema_g=self._per_head(ema_g), ema_o2=self._per_head(ema_o2),
+                     heldout_rng=jax.random.split(method_state['heldout_rng'])[1])
     return new_state, {}
 
   # ----- host hooks -----------------------------------------------------------------------------
@@ -268,7 +342,9 @@ class GradientBlending(Method):
     if not num_epochs:
       return state, {}
     measured = self.measure(trainer, state, epoch, num_epochs)
-    weights = ogr.blend_weights(measured['delta_g'], measured['delta_o'], self.min_delta_o)
+    check_finite_estimate(measured, self.heads, epoch)
+    weights = ogr.blend_weights(measured['delta_g'], measured['delta_o'], self.min_delta_o,
+                                self.weight_rule)
     method_state = dict(state.method_state)
     method_state.update(self._estimate_state(weights, measured['delta_g'], measured['delta_o']))
     state = state.replace(method_state=jax.device_put(method_state, trainer.replicated))

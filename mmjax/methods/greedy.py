@@ -67,7 +67,8 @@ import ml_collections
 
 from mmjax.data.dataset import derive_seed
 from mmjax.methods.base import Method, StepInfo
-from mmjax.models.mmtm import MMTMClassifier, parameter_groups
+from mmjax.models import groups
+from mmjax.models.mmtm import MMTMClassifier
 from mmjax.step import eval_sums, forward
 
 Array = jax.Array
@@ -84,14 +85,21 @@ def squared_norm(leaves: Sequence[Array]) -> Array:
   return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
 
 
-def learning_speed_ratios(params: PyTree, grads: PyTree, modalities: Sequence[str]
-                          ) -> tuple[dict[str, Array], dict[str, Array]]:
-  """``mu(theta_k)`` and ``mu(theta'_k)`` per modality: ``||grad||^2 / ||theta||^2``."""
-  own_p, fusion_p = parameter_groups(params, modalities)
-  own_g, fusion_g = parameter_groups(grads, modalities)
-  own = {m: squared_norm(own_g[m]) / squared_norm(own_p[m]) for m in modalities}
-  fusion = {m: squared_norm(fusion_g[m]) / squared_norm(fusion_p[m]) for m in modalities}
-  return own, fusion
+def learning_speed_ratios(params: PyTree, grads: PyTree, modalities: Sequence[str],
+                          labels: PyTree) -> tuple[dict[str, Array], dict[str, Array]]:
+  """``mu(theta_k)`` and ``mu(theta'_k)`` per modality: ``||grad||^2 / ||theta||^2``.
+
+  ``labels`` is the model's ``parameter_groups(params)``: ``theta_k`` is branch and head of
+  ``k``, ``theta'_k`` its fusion layers and the shared ones (:mod:`mmjax.models.groups`).
+  """
+  own = {m: (groups.label(groups.BRANCH, m), groups.label(groups.HEAD, m)) for m in modalities}
+  fusion = {m: (groups.label(groups.FUSION, m), groups.FUSION) for m in modalities}
+
+  def ratio(group_names):
+    return (squared_norm(groups.leaves_in(grads, labels, group_names))
+            / squared_norm(groups.leaves_in(params, labels, group_names)))
+
+  return ({m: ratio(own[m]) for m in modalities}, {m: ratio(fusion[m]) for m in modalities})
 
 
 def conditional_learning_speed(own_sums: Mapping[str, Array], fusion_sums: Mapping[str, Array]
@@ -162,6 +170,7 @@ class BalancedMultimodalLearning(Method):
           f'model {trainer.config.model.name!r}.')
     self.start_step = (self.starting_epoch - 1) * trainer.steps_per_epoch
     self.mmtm_channels = trainer.model.mmtm_channels
+    self._parameter_groups = trainer.model.parameter_groups
     self._seed = trainer.seed
     model = trainer.model
     self._jit_squeeze_sums = jax.jit(functools.partial(_squeeze_sums, model))
@@ -210,7 +219,8 @@ class BalancedMultimodalLearning(Method):
         for m in self.modalities}
     state['normal_steps'] = method_state['normal_steps'] + normal.astype(jnp.int32)
 
-    mu_own, mu_fusion = learning_speed_ratios(info.params, info.grads, self.modalities)
+    mu_own, mu_fusion = learning_speed_ratios(info.params, info.grads, self.modalities,
+                                              self._parameter_groups(info.params))
     sums = method_state['speed_sums']
     keep = normal.astype(jnp.float32)
     own = {m: sums['own'][m] + keep * mu_own[m] for m in self.modalities}

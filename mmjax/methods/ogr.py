@@ -8,22 +8,31 @@ per-step ``gradient`` estimator inside the compiled train step. Notation of the 
 - between checkpoints N and N + n: ``dO = O_{N+n} - O_N`` and ``dG = L^V_N - L^V_{N+n}``,
   ``OGR = |dO / dG|`` (Eq. 4);
 - first-order form for an update direction ``g`` (§3.2): ``G = <grad L^V, g>`` and
-  ``O = <grad L^T - grad L^V, g>``;
+  ``O = <grad L^T - grad L^V, g>``, estimated without bias from two halves of a training batch
+  and a held-out batch (:func:`split_batch_generalization_and_overfitting`);
 - blend weights (Proposition 1 / Algorithm 1): ``w_i = (dG_i / dO_i^2) / Z`` with ``Z`` making
   them sum to 1 over the k unimodal heads and the fused head.
 
-Degenerate cases (none of them produces NaN or inf; the paper leaves all of them open):
+Weight rules (``method.weight_rule``; the paper leaves every degenerate case open):
 
-- ``dG_i <= 0``: head i did not generalize over the window, so it gets weight 0 (the paper's
-  ratio would be zero or negative). MultiBench and BalanceMM take ``|G / O^2|`` instead, which
-  rewards a head whose held-out loss *rose*.
-- ``dO_i <= min_delta_o`` (no measurable overfitting, or overfitting that shrank): ``dO_i`` is
-  clamped to ``min_delta_o``, so such a head gets a large weight, and several such heads share
-  by their ``dG``. The squared ratio of the paper would give a head whose overfitting *shrank*
-  a small weight; MultiBench clips ``O`` (not ``dO``) at 1e-4, BalanceMM squares a signed ``dO``.
-- every head has weight 0 (no head generalized): uniform weights ``1 / (k + 1)``.
-- huge or tiny ratios: the weights are a softmax over ``log dG_i - 2 log dO_i``, which never
-  overflows.
+- ``'paper'`` (default): ``w_i = (dG_i / dO_i^2) / Z`` with the *signed* ``dO_i`` squared, so a
+  head whose overfitting shrank (``dO_i < 0``) is weighed like one whose overfitting grew by as
+  much. Only ``|dO_i|`` is floored, at ``min_delta_o``, so that ``dO_i = 0`` stays finite.
+- ``'clamped'`` (mmjax <= 0.1): ``dO_i`` is clamped below at ``min_delta_o``; a head whose
+  overfitting shrank gets the weight of one with ``dO = min_delta_o``, i.e. a huge one, and the
+  weights collapse towards one-hot on such heads.
+- Not offered: MultiBench's default ``|G / O^2|`` with ``G = L^V`` and ``O = max(L^V - L^T,
+  1e-4)`` at the end of the estimation run (not differences), and MultiBench's ``delta=True`` /
+  BalanceMM's ``|dG / dO^2|``, which reward a head whose held-out loss *rose* (``dG < 0``).
+
+In both rules:
+
+- ``dG_i <= 0``: head i did not generalize over the window, so it gets weight 0 (the ratio
+  would be zero or negative, and a negative weight would do gradient *ascent* on that head).
+- every head has ``dG_i <= 0`` (nothing generalized): uniform weights ``1 / (k + 1)``, the
+  auxiliary-loss baseline, since no head is better supported than another.
+- huge or tiny ratios: the weights are a softmax over ``log dG_i - 2 log |dO_i|``, which never
+  overflows; none of the cases produces NaN or inf from finite inputs.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ Array = jax.Array
 PyTree = Any
 
 METRICS = ('loss', 'accuracy')
+WEIGHT_RULES = ('paper', 'clamped')
 
 
 def overfitting(train_value: Array, heldout_value: Array, metric: str = 'loss') -> Array:
@@ -69,17 +79,23 @@ def overfitting_to_generalization_ratio(delta_g: Array, delta_o: Array, min_delt
   return jnp.abs(delta_o) / jnp.maximum(jnp.abs(delta_g), min_delta)
 
 
-def blend_weights(delta_g: Array, delta_o: Array, min_delta_o: float) -> Array:
+def blend_weights(delta_g: Array, delta_o: Array, min_delta_o: float, rule: str = 'paper'
+                  ) -> Array:
   """``w_i = (dG_i / dO_i^2) / Z`` (Proposition 1, Algorithm 1), over the last axis.
 
-  ``dG_i <= 0`` gives ``w_i = 0``; ``dO_i`` is clamped below at ``min_delta_o``; if every
-  ``dG_i <= 0`` the weights are uniform. The result is finite, non-negative and sums to 1 for
-  any finite inputs (module docstring).
+  ``rule='paper'`` squares the signed ``dO_i`` with ``|dO_i|`` floored at ``min_delta_o``;
+  ``rule='clamped'`` clamps ``dO_i`` below at ``min_delta_o`` first. ``dG_i <= 0`` gives
+  ``w_i = 0``; if every ``dG_i <= 0`` the weights are uniform. The result is finite,
+  non-negative and sums to 1 for any finite inputs (module docstring).
   """
+  if rule not in WEIGHT_RULES:
+    raise ValueError(f'method.weight_rule = {rule!r}; valid rules are {list(WEIGHT_RULES)}.')
   delta_g = jnp.asarray(delta_g, jnp.float32)
-  delta_o = jnp.maximum(jnp.asarray(delta_o, jnp.float32), jnp.float32(min_delta_o))
+  delta_o = jnp.asarray(delta_o, jnp.float32)
+  floor = jnp.float32(min_delta_o)
+  overfit = jnp.maximum(delta_o if rule == 'clamped' else jnp.abs(delta_o), floor)
   generalized = delta_g > 0
-  log_ratio = jnp.log(jnp.where(generalized, delta_g, 1.0)) - 2.0 * jnp.log(delta_o)
+  log_ratio = jnp.log(jnp.where(generalized, delta_g, 1.0)) - 2.0 * jnp.log(overfit)
   # log of a positive subnormal may be -inf on a flushing backend; such a head counts as 0.
   usable = generalized & jnp.isfinite(log_ratio)
   logits = jnp.where(usable, log_ratio, -jnp.inf)
@@ -97,15 +113,20 @@ def tree_dot(a: PyTree, b: PyTree) -> Array:
   return sum(leaves, jnp.float32(0.0))
 
 
-def first_order_generalization_and_overfitting(train_grad: PyTree, heldout_grad: PyTree,
-                                               direction: PyTree) -> tuple[Array, Array]:
-  """``(G, O)`` for an update along ``direction`` (§3.2, the infinitesimal Eq. 4).
+def split_batch_generalization_and_overfitting(first_half_grad: PyTree, second_half_grad: PyTree,
+                                               heldout_grad: PyTree) -> tuple[Array, Array]:
+  """Unbiased ``(G, O)`` of §3.2 from a training batch split in two independent halves.
 
-  ``G = <grad L^V, g>`` and ``O = <grad L^T - grad L^V, g>``: to first order, a step
-  ``-eta * g`` lowers the held-out loss by ``eta * G`` and raises the overfitting by ``eta * O``.
+  With ``g_1``, ``g_2`` the gradients on the two halves, ``g = (g_1 + g_2) / 2`` and ``g_V`` on a
+  held-out batch: ``G = <g_V, g>`` and ``O = <g_1, g_2> - G``. The halves and ``V`` are
+  independent draws, so ``E[G] = <grad L^V, grad L^T>`` and ``E[O] = <grad L^T - grad L^V,
+  grad L^T>``, the full-data values. Taking ``grad L^T`` from the same batch as the direction
+  (``O = ||g||^2 - G``) would add the per-example gradient variance divided by the batch size
+  to ``E[O]``, penalising noisy heads and making the weights depend on the batch size.
   """
+  direction = jax.tree.map(lambda a, b: (a + b) / 2, first_half_grad, second_half_grad)
   generalization = tree_dot(heldout_grad, direction)
-  return generalization, tree_dot(train_grad, direction) - generalization
+  return generalization, tree_dot(first_half_grad, second_half_grad) - generalization
 
 
 def _check_metric(metric: str) -> None:

@@ -8,13 +8,16 @@ uni-modal losses plus the multi-modal loss that Gradient Blending weighs (Eq. 6)
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import groups
+
 Array = jax.Array
+PyTree = Any
 
 FUSED = 'fused'
 FUSIONS = ('concat', 'sum')
@@ -67,7 +70,7 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
 
   Parameters: ``encoders_<m>`` (encoder of modality ``m``), ``head_<h>`` (the prediction
   ``Dense`` of head ``h``, for ``h`` in :attr:`heads`) and ``fused_mlp_<i>`` (the ``i``-th
-  hidden layer of the fused head).
+  hidden layer of the fused head); :meth:`parameter_groups` labels them.
   """
   encoders: Mapping[str, nn.Module]
   num_classes: int
@@ -116,6 +119,15 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
     for m in self.modalities:
       outputs[m] = self.head[m](for_head(m, features[m]))
     return outputs
+
+  def parameter_groups(self, params: PyTree) -> PyTree:
+    """Labels of :mod:`mmjax.models.groups`: ``encoders_<m>`` is ``'branch/<m>'``,
+    ``head_<h>`` is ``'head/<h>'``, ``fused_mlp_<i>`` is ``'head/fused'``; no fusion layers."""
+    owners = {f'encoders_{m}': groups.label(groups.BRANCH, m) for m in self.modalities}
+    owners.update({f'head_{h}': groups.label(groups.HEAD, h) for h in self.heads})
+    owners.update({f'fused_mlp_{i}': groups.label(groups.HEAD, FUSED)
+                   for i in range(len(self.fused_hidden))})
+    return groups.top_level_labels(params, lambda top, _: owners[top])
 
   def _fused_logits(self, features: Mapping[str, Array], train: bool) -> Array:
     if self.fusion == 'concat':

@@ -16,7 +16,7 @@ one linear head per branch. As in the official code of Wu et al. (``MMTM_MVCNN``
 Parameter tree: ``encoders_<m>`` and ``head_<m>`` are branch ``m``'s own parameters
 ``theta_m``; ``mmtm_<i>/squeeze`` (shared by all branches) and ``mmtm_<i>/excite_<m>`` are the
 fusion parameters ``theta'_m`` that feed branch ``m`` (Wu et al., Sec. 4.2). See
-:func:`parameter_groups`.
+:meth:`MMTMClassifier.parameter_groups`.
 
 Each MMTM ``sow`` s, into the ``'intermediates'`` collection, ``squeeze_<m>`` (``[B, C_m]``, the
 pooled input of branch ``m``) and ``scale_<m>`` (``[B, C_m]``, the excitation computed from
@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models import groups
 from mmjax.models.late_fusion import FUSED, PerModalityHeads, scale_gradient
 
 Array = jax.Array
@@ -147,6 +148,23 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
     self.head = {m: nn.Dense(self.num_classes) for m in self.modalities}
     self.mmtm = tuple(MMTM(channels, self.mmtm_ratio) for channels in self.mmtm_channels)
 
+  def parameter_groups(self, params: PyTree) -> PyTree:
+    """Labels of :mod:`mmjax.models.groups`: ``encoders_<m>`` is ``'branch/<m>'``, ``head_<m>``
+    is ``'head/<m>'``, ``mmtm_<i>/excite_<m>`` is ``'fusion/<m>'`` and ``mmtm_<i>/squeeze`` is
+    the shared ``'fusion'``. Branch ``m``'s ``theta_m`` is its branch and head, ``theta'_m`` its
+    fusion groups (Wu et al., Sec. 4.2)."""
+    owners = {f'encoders_{m}': groups.label(groups.BRANCH, m) for m in self.modalities}
+    owners.update({f'head_{m}': groups.label(groups.HEAD, m) for m in self.modalities})
+    fusion = {f'excite_{m}': groups.label(groups.FUSION, m) for m in self.modalities}
+    fusion['squeeze'] = groups.FUSION
+
+    def group_of(top: str, path: Any) -> str:
+      if top.startswith('mmtm_'):
+        return fusion[str(getattr(path[1], 'key', path[1]))]
+      return owners[top]
+
+    return groups.top_level_labels(params, group_of)
+
   def __call__(self, inputs: Mapping[str, Array], *, train: bool,
                head_grad_scale: Mapping[str, Array] | None = None,
                rebalance: Mapping[str, Array] | None = None,
@@ -200,27 +218,3 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
     to_fused = [scale_gradient(logits[m], scales[FUSED]) if FUSED in scales else logits[m]
                 for m in self.modalities]
     return {FUSED: sum(to_fused) / len(to_fused), **logits}
-
-
-def _top_key(path: tuple[Any, ...]) -> str:
-  return str(getattr(path[0], 'key', path[0]))
-
-
-def parameter_groups(params: PyTree, modalities: Sequence[str]
-                     ) -> tuple[dict[str, list[Array]], dict[str, list[Array]]]:
-  """The leaves of ``theta_m`` (branch ``m``: ``encoders_<m>``, ``head_<m>``) and of ``theta'_m``
-  (``excite_<m>`` of every MMTM plus the shared ``squeeze`` layers), per modality."""
-  own = {m: [] for m in modalities}
-  fusion = {m: [] for m in modalities}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    top = _top_key(path)
-    if top.startswith('mmtm_'):
-      layer = str(getattr(path[1], 'key', path[1]))
-      for m in modalities:
-        if layer in ('squeeze', f'excite_{m}'):
-          fusion[m].append(leaf)
-    else:
-      for m in modalities:
-        if top in (f'encoders_{m}', f'head_{m}'):
-          own[m].append(leaf)
-  return own, fusion
