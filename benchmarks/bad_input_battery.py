@@ -44,7 +44,7 @@ BASE = ('--config', 'configs/synthetic.py:method=vanilla,smoke', '--config.data.
 #: One modality ``a`` in the synthetic data set (its per-modality options with one value).
 ONE_VIEW = ("--config.data.modalities=('a',)", '--config.data.dim=(16,)',
             '--config.data.signal=(1.0,)', '--config.data.clusters_per_class=(1,)',
-            '--config.data.shortcut=(0.0,)')
+            '--config.data.shortcut=(0.0,)', '--config.data.noise_dims=(0,)')
 
 CONFIG_FILES = {
     'syntax_error.py': 'def get_config(arg=None)\n  return None\n',
