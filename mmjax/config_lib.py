@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 20
   config.log_every_steps = 50  # how often the progress bar shows the running train metrics
   config.checkpoint_keep = 2  # latest checkpoints kept (the best-val one is kept apart)
+  config.checkpoint_every_steps = 0  # also checkpoint every N steps inside epochs; 0: epoch ends only
   config.distributed = False  # call jax.distributed.initialize() (several hosts)
   config.progress_bar = True
   return config

@@ -53,8 +53,8 @@ def test_run_directory_contract(tmp_path, method, capsys):
   tags = _read_tensorboard_scalars(workdir)
   last_val = metrics.select(records, 'val')[-1]
   assert tags['val/accuracy/a'][-1] == (last_val['step'], pytest.approx(last_val['accuracy/a']))
-  assert os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
-  assert os.listdir(os.path.join(workdir, 'checkpoints', 'best'))
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+  assert steps and steps[-1] == last_val['step']
   assert summary['best_epoch'] in (1, 2) and set(summary['test_at_best']) == set(heads)
   out = capsys.readouterr().out
   assert 'best val acc' in out and workdir in out
@@ -203,6 +203,8 @@ def test_eight_host_devices_match_one(tmp_path):
   for r1, r8 in zip(results[1]['records'], results[8]['records'], strict=True):
     assert r1.keys() == r8.keys()
     for key, value in r1.items():
+      if key in metrics.TIMING_KEYS:
+        continue
       if isinstance(value, float):
         assert value == pytest.approx(r8[key], rel=1e-4, abs=1e-5), key
       else:
@@ -254,4 +256,6 @@ def test_relative_workdir(tmp_path, monkeypatch):
   config = tiny_synthetic_config('vanilla')
   train.train_and_evaluate(config, 'runs/relative', stop_after_epoch=1)
   train.train_and_evaluate(config, 'runs/relative')
-  assert os.listdir(tmp_path / 'runs' / 'relative' / 'checkpoints' / 'best')
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'runs' / 'relative' / 'checkpoints'))
+  assert ckpt.best_step() is not None
+  ckpt.close()
