@@ -36,6 +36,7 @@ from orbax.checkpoint import checkpoint_managers
 from mmjax import faults
 
 CORRUPT_DIR = 'corrupt'
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
 LEGACY_DIRS = ('latest', 'best')
 _STEP_DIR = re.compile(r'^\d+$')
 
@@ -72,12 +73,21 @@ class Checkpointer:
                                   keep_checkpoints_without_metrics=False)])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=_best_key, best_mode='max', create=True,
-        cleanup_tmp_directories=True,
         temporary_path_class=_FaultPointTemporaryPath)
-    self._options = options
+    self._remove_unfinished_saves()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._manager.wait_until_finished()  # the removal of unfinished saves
     self._set_aside_unlisted_step_dirs()
+
+  def _remove_unfinished_saves(self) -> None:
+    """Removes ``<step>.orbax-checkpoint-tmp*`` folders: saves a crash stopped before commit.
+
+    (Orbax's own ``cleanup_tmp_directories`` runs in the background until the next save.)
+    """
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if TMP_SUFFIX in name:
+        shutil.rmtree(os.path.join(self.directory, name))
 
   def _set_aside_unlisted_step_dirs(self) -> None:
     """Moves aside numbered folders Orbax does not list as steps (emptied or not committed)."""

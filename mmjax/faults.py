@@ -2,7 +2,9 @@
 
 Setting ``MMJAX_FAULT=<point>:<n>`` makes the process end at once with exit code 137 (what a
 ``kill -9`` gives) the ``n``-th time it reaches the named point, as a preemption at exactly that
-place would. Without the variable :func:`maybe_fail` does nothing. The points:
+place would. Without the variable :func:`maybe_fail` does nothing. ``MMJAX_FAULT_TRACE=<file>`` appends the
+name of every point reached to ``<file>``, one a line, so a battery can find the ``n`` that stops
+a run at a chosen place (e.g. inside the second G-Blend estimation). The points:
 
 - ``train_step``: after a train step has been dispatched;
 - ``shard``: after a batch was put on the devices (train, evaluation and G-Blend estimation
@@ -23,6 +25,7 @@ import os
 import sys
 
 ENV_VAR = 'MMJAX_FAULT'
+TRACE_ENV_VAR = 'MMJAX_FAULT_TRACE'
 EXIT_CODE = 137
 POINTS = ('train_step', 'shard', 'eval_batch', 'epoch_start', 'epoch_hook_done', 'metrics_record',
           'checkpoint_before_commit', 'checkpoint_after_commit', 'checkpoint_saved', 'epoch_end')
@@ -41,6 +44,10 @@ def parse(spec: str) -> tuple[str, int]:
 
 def maybe_fail(point: str) -> None:
   """Ends the process (exit 137) at the ``n``-th arrival at ``point`` when ``MMJAX_FAULT`` says so."""
+  trace = os.environ.get(TRACE_ENV_VAR)
+  if trace:
+    with open(trace, 'a', encoding='utf-8') as f:
+      f.write(point + '\n')
   spec = os.environ.get(ENV_VAR)
   if not spec:
     return

@@ -8,9 +8,11 @@ metric keys: ``loss/<head>``, ``accuracy/<head>`` and each method's own keys und
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import struct
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +23,9 @@ METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 #: Keys measured on the wall clock (train split): the only ones a resumed run cannot repeat.
 TIMING_KEYS = ('steps_per_second',)
+
+
+_WRITER_IDS = itertools.count(1)
 
 
 def without_timing(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -74,14 +79,41 @@ class MetricWriter:
 
 
 def _summary_writer(workdir: str, directory: str = TENSORBOARD_DIR):
+  """A tensorboardX writer whose file name is unique (its default name has whole seconds only)."""
   from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-  return SummaryWriter(os.path.join(workdir, directory), flush_secs=30)
+  return SummaryWriter(os.path.join(workdir, directory), flush_secs=30,
+                       filename_suffix=f'.{os.getpid()}.{next(_WRITER_IDS)}')
 
 
 def _add_scalars(tb: Any, record: Mapping[str, Any]) -> None:
   for key, value in record.items():
     if key not in ('step', 'epoch', 'split'):
       tb.add_scalar(f"{record['split']}/{key}", value, global_step=int(record['step']))
+
+
+def read_tensorboard_scalars(workdir: str) -> list[tuple[str, int, float]]:
+  """Every scalar of a run's TensorBoard files as ``(tag, step, value)``, in the order written.
+
+  Files are read in the order they were started (their first event's time), events in file
+  order; the TFRecord framing is read directly (no TensorFlow needed).
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  tb_dir = os.path.join(workdir, TENSORBOARD_DIR)
+  files = []
+  for name in os.listdir(tb_dir) if os.path.isdir(tb_dir) else []:
+    with open(os.path.join(tb_dir, name), 'rb') as f:
+      raw = f.read()
+    events, pos = [], 0
+    while pos + 12 <= len(raw):
+      (length,) = struct.unpack('<Q', raw[pos:pos + 8])
+      if pos + 12 + length + 4 > len(raw):
+        break  # a record torn by a crash
+      events.append(event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+    if events:
+      files.append((events[0].wall_time, name, events))
+  return [(value.tag, int(event.step), float(value.simple_value))
+          for _, _, events in sorted(files) for event in events for value in event.summary.value]
 
 
 def _parse_line(path: str, number: int, line: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -16,20 +15,9 @@ from mmjax import checkpointing, data, metrics, train
 
 
 def _read_tensorboard_scalars(workdir):
-  """Reads scalar summaries from the TFRecord event files (no TensorFlow needed)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  tb_dir = os.path.join(workdir, metrics.TENSORBOARD_DIR)
   tags = {}
-  for name in sorted(os.listdir(tb_dir)):
-    with open(os.path.join(tb_dir, name), 'rb') as f:
-      raw = f.read()
-    pos = 0
-    while pos < len(raw):
-      (length,) = struct.unpack('<Q', raw[pos:pos + 8])
-      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for value in event.summary.value:
-        tags.setdefault(value.tag, []).append((event.step, value.simple_value))
+  for tag, step, value in metrics.read_tensorboard_scalars(workdir):
+    tags.setdefault(tag, []).append((step, value))
   return tags
 
 
