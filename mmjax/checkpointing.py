@@ -16,14 +16,13 @@ folder) is moved to ``checkpoints/corrupt/<step>-<time>/`` (never deleted) and t
 one is restored instead, with one line on stderr saying so.
 
 Run directories of mmjax before this layout (``checkpoints/latest/`` and
-``checkpoints/best/``) are refused with a message: their steps are Orbax checkpoints of the
-same train state, to be moved by hand (``checkpoints/latest/<step>`` -> ``checkpoints/<step>``).
+``checkpoints/best/``) are refused with a message: their checkpoints lack the metrics-file
+position and the best metric a resume needs, so such a run is rerun in a new workdir.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import time
@@ -38,7 +37,6 @@ from mmjax import faults
 CORRUPT_DIR = 'corrupt'
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 LEGACY_DIRS = ('latest', 'best')
-_STEP_DIR = re.compile(r'^\d+$')
 
 
 class _FaultPointTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
@@ -65,8 +63,8 @@ class Checkpointer:
     if legacy:
       raise ValueError(
           f'{self.directory} holds checkpoints in the layout of an older mmjax '
-          f'({"/, ".join(legacy)}/); move each checkpoints/latest/<step> to checkpoints/<step> '
-          'and remove latest/ and best/, or use a new --workdir.')
+          f'({"/, ".join(legacy)}/), which this version does not resume; rerun in a new '
+          '--workdir.')
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),
         checkpoint_managers.BestN(get_metric_fn=_best_key, n=1,
@@ -76,7 +74,6 @@ class Checkpointer:
         temporary_path_class=_FaultPointTemporaryPath)
     self._remove_unfinished_saves()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._set_aside_unlisted_step_dirs()
 
   def _remove_unfinished_saves(self) -> None:
     """Removes ``<step>.orbax-checkpoint-tmp*`` folders: saves a crash stopped before commit.
@@ -88,13 +85,6 @@ class Checkpointer:
     for name in os.listdir(self.directory):
       if TMP_SUFFIX in name:
         shutil.rmtree(os.path.join(self.directory, name))
-
-  def _set_aside_unlisted_step_dirs(self) -> None:
-    """Moves aside numbered folders Orbax does not list as steps (emptied or not committed)."""
-    steps = set(self._manager.all_steps())
-    for name in sorted(os.listdir(self.directory)):
-      if _STEP_DIR.match(name) and int(name) not in steps:
-        self._set_aside(int(name), 'it is not a complete checkpoint')
 
   def _set_aside(self, step: int, reason: str) -> None:
     if jax.process_index() == 0:
