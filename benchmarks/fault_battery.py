@@ -79,17 +79,18 @@ def _count_before(trace: list[str], point: str, position: int) -> int:
 def choose_trials(name: str, trace: list[str]) -> list[tuple[str, int, str]]:
   """``(point, n, what)`` kill points of run ``name``, found in its uninterrupted trace."""
   at = lambda point: len(_occurrences(trace, point))  # noqa: E731
+  steps_per_epoch = _count_before(trace, 'train_step', _occurrences(trace, 'epoch_end')[0])
   trials = [
       ('train_step', 1, 'after the first step'),
-      ('train_step', 5, 'inside epoch 1'),
-      ('train_step', 8, 'after the last step of epoch 1'),
+      ('train_step', steps_per_epoch // 2 + 1, 'inside epoch 1'),
+      ('train_step', steps_per_epoch, 'after the last step of epoch 1'),
       ('metrics_record', 1, 'after the first record'),
       ('eval_batch', at('eval_batch'), 'in the last evaluation'),
       ('checkpoint_before_commit', 1, 'first checkpoint written, not committed'),
       ('checkpoint_after_commit', 1, 'first checkpoint committed, old ones not removed'),
       ('epoch_end', 1, 'after epoch 1'),
   ]
-  if name == 'vanilla':
+  if name == 'vanilla':  # 8 steps per epoch, checkpoints at steps 3, 6, 8, 9, 12, 15, 16, ...
     trials += [
         ('train_step', 13, 'inside epoch 2, after a mid-epoch checkpoint'),
         ('train_step', 20, 'inside epoch 3'),
@@ -122,7 +123,7 @@ def choose_trials(name: str, trace: list[str]) -> list[tuple[str, int, str]]:
         ('checkpoint_before_commit', 2, 'epoch-2 checkpoint written, not committed'),
         ('checkpoint_after_commit', 2, 'epoch-2 checkpoint committed'),
     ]
-  if name == 'greedy_guided':
+  if name == 'greedy_guided':  # 8 steps per epoch
     trials += [
         ('train_step', 12, 'inside epoch 2'),
         ('metrics_record', 3, 'after the first test record, before its checkpoint'),

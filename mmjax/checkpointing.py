@@ -40,12 +40,19 @@ LEGACY_DIRS = ('latest', 'best')
 
 
 class _FaultPointTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
-  """Orbax's atomic rename, with the crash points around the commit (see :mod:`mmjax.faults`)."""
+  """Orbax's atomic rename, with crash points around a step's commit (see :mod:`mmjax.faults`).
+
+  Orbax finalizes each item folder of a step, then the step folder itself (``<step>.orbax-
+  checkpoint-tmp-*`` renamed to ``<step>``): that last rename is the commit.
+  """
 
   async def finalize(self, *args, **kwargs):
-    faults.maybe_fail('checkpoint_before_commit')
+    is_step = self.get_final().name.isdigit()
+    if is_step:
+      faults.maybe_fail('checkpoint_before_commit')
     result = await super().finalize(*args, **kwargs)
-    faults.maybe_fail('checkpoint_after_commit')
+    if is_step:
+      faults.maybe_fail('checkpoint_after_commit')
     return result
 
 
