@@ -159,6 +159,9 @@ def truncate_metrics(workdir: str, num_records: int) -> None:
   of an uninterrupted run. A torn last line goes too. TensorBoard's event files are rewritten
   from the kept records (into a new folder that then replaces ``tensorboard/``), so points of a
   killed epoch, or points a crash kept from being flushed, are neither kept nor lost.
+  (tensorboardX's ``purge_step`` cannot do this: TensorBoard then drops every event at or after
+  that step, and a checkpoint's own val/test records share its step with the estimation record
+  written after it.)
   """
   records = read_metrics(workdir)[:num_records]
   path = os.path.join(workdir, METRICS_FILE)
