@@ -299,8 +299,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   writer = metrics.MetricWriter(workdir, records=num_records, enabled=lead)
   show_bar = bool(config.progress_bar) and lead
 
-  def position(epoch, steps_done):
-    return {'epoch': epoch, 'epoch_step': steps_done, 'train_sums': sums.sums,
+  def position(epoch, steps_done):  # copied: Orbax writes it later, in the background
+    return {'epoch': epoch, 'epoch_step': steps_done, 'train_sums': dict(sums.sums),
             'metrics_records': writer.records, 'data_iterator': trainer.train_iterator.get_state()}
 
   try:
