@@ -22,6 +22,7 @@ position and the best metric a resume needs, so such a run is rerun in a new wor
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -54,6 +55,16 @@ class _FaultPointTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
     if is_step:
       faults.maybe_fail('checkpoint_after_commit')
     return result
+
+
+class _NoMetricsWarningFilter(logging.Filter):
+  """Drops Orbax's warning for a save without metrics: mid-epoch checkpoints have none on purpose."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Requested `tracked_metric`')
+
+
+logging.getLogger('absl').addFilter(_NoMetricsWarningFilter())
 
 
 def _best_key(metrics: dict[str, Any]) -> tuple[float, int]:
