@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+import types
 from typing import Any
 
 import jax
@@ -92,6 +93,20 @@ class Checkpointer:
         temporary_path_class=_FaultPointTemporaryPath)
     self._remove_unfinished_saves()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._remove_unpreserved(policy)
+
+  def _remove_unpreserved(self, policy: checkpoint_managers.PreservationPolicy) -> None:
+    """Applies the preservation policy to the steps on disk.
+
+    Orbax applies it after each save; a crash between a commit and that clean-up leaves older
+    checkpoints behind, which a rerun with nothing left to save would otherwise keep.
+    """
+    infos = [types.SimpleNamespace(step=step, metrics=self._manager.metrics(step), time=None)
+             for step in self.all_steps()]
+    keep = policy.should_preserve(infos, context=checkpoint_managers.PreservationContext())
+    for info, kept in zip(infos, keep):
+      if not kept:
+        self._manager.delete(info.step)
 
   def _remove_unfinished_saves(self) -> None:
     """Removes ``<step>.orbax-checkpoint-tmp*`` folders: saves a crash stopped before commit.

@@ -77,6 +77,17 @@ def test_manager_keeps_latest_and_earliest_best(tmp_path):
   ckpt.close()
 
 
+def test_checkpoints_left_by_a_crash_before_clean_up_are_removed_on_open(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  ckpt = checkpointing.Checkpointer(directory, keep=4)  # as if the clean-up after save never ran
+  for step, acc in zip((1, 2, 3, 4), (0.5, 0.9, 0.6, 0.7)):
+    ckpt.save(step, {'w': jnp.arange(3.0)}, {'epoch': step}, val_accuracy=acc)
+  ckpt.close()
+  ckpt = checkpointing.Checkpointer(directory, keep=1)
+  assert ckpt.all_steps() == [2, 4] and sorted(os.listdir(directory)) == ['2', '4']
+  ckpt.close()
+
+
 def test_orphan_tmp_dirs_are_removed_and_old_layout_refused(tmp_path):
   directory = tmp_path / 'checkpoints'
   orphan = directory / '8.orbax-checkpoint-tmp-1234'
