@@ -76,7 +76,8 @@ def _best_key(metrics: dict[str, Any]) -> tuple[float, int]:
 class Checkpointer:
   """The latest ``keep`` checkpoints and the best-validation one of a run, in one manager."""
 
-  def __init__(self, directory: str, keep: int = 2):
+  def __init__(self, directory: str, keep: int | None = None):
+    """Opens ``directory``; ``keep=None`` (a reader) keeps every step, removes nothing."""
     self.directory = os.path.abspath(directory)  # Orbax refuses relative paths.
     legacy = [d for d in LEGACY_DIRS if os.path.isdir(os.path.join(self.directory, d))]
     if legacy:
@@ -93,7 +94,8 @@ class Checkpointer:
         temporary_path_class=_FaultPointTemporaryPath)
     self._remove_unfinished_saves()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._remove_unpreserved(policy)
+    if keep is not None:
+      self._remove_unpreserved(policy)
 
   def _remove_unpreserved(self, policy: checkpoint_managers.PreservationPolicy) -> None:
     """Applies the preservation policy to the steps on disk.
