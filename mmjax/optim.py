@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import optax
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -48,6 +49,24 @@ def _schedule(cfg: Mapping[str, Any], steps_per_epoch: int, num_epochs: int) -> 
     factor = float(cfg['step_factor'])
     return optax.piecewise_constant_schedule(lr, {e * steps_per_epoch: factor for e in epochs})
   raise ValueError(f'optimizer.schedule = {name!r}; valid schedules are {list(SCHEDULES)}.')
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any], steps_per_epoch: int, num_epochs: int
+                           ) -> optax.Schedule:
+  """The learning rate by update count of ``config.optimizer`` (before a plateau's scale)."""
+  return _schedule({**DEFAULTS, **dict(cfg)}, steps_per_epoch, num_epochs)
+
+
+def learning_rate(schedule: optax.Schedule, opt_state: Any, update: int) -> float:
+  """The learning rate applied by update number ``update`` (counting from 0).
+
+  ``schedule(update)`` times the reduce-on-plateau scale held in ``opt_state``, when the
+  optimiser has one: optax applies the scale of the state an update produces, so the scale in
+  the state after update ``update`` is the one that update used.
+  """
+  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)  # noqa: E731
+  scales = [float(s.scale) for s in jax.tree.leaves(opt_state, is_leaf=is_plateau) if is_plateau(s)]
+  return float(schedule(update)) * (scales[0] if scales else 1.0)
 
 
 def build_optimizer(cfg: Mapping[str, Any], steps_per_epoch: int, num_epochs: int

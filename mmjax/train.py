@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
+import time
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -21,7 +21,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmjax import checkpointing, config_lib, data, methods, metrics, models, optim
+from mmjax import (checkpointing, config_lib, data, faults, methods, metrics, models, optim,
+                   workdir_lock)
 from mmjax.errors import UserError
 from mmjax.progress import tqdm
 from mmjax.step import TrainState, finalize_eval, make_eval_step, make_train_step
@@ -118,6 +119,10 @@ class Trainer:
     self.config = config
     for key in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps'):
       _check_positive_int(config, key)
+    every = config.get('checkpoint_every_steps') or 0
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+      raise ValueError(f'checkpoint_every_steps = {every!r} must be 0 (epoch ends only) or a '
+                       'positive integer.')
     self.seed = int(config.seed)
     dataset = data.get_dataset(config.data, seed=self.seed)
     method_cls = methods.get_method_class(config.method.name)
@@ -146,6 +151,8 @@ class Trainer:
     self.train_iterator = data.TrainIterator(self.dataset.splits['train'], config.batch_size, self.seed)
     self.steps_per_epoch = self.train_iterator.steps_per_epoch
     self.tx = optim.build_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs)
+    self.learning_rate_fn = optim.learning_rate_schedule(config.optimizer, self.steps_per_epoch,
+                                                         config.num_epochs)
     self.method.setup(self)
 
     self.train_step = make_train_step(self.model, self.method, self.tx)
@@ -184,7 +191,9 @@ class Trainer:
     self.check_batch(batch)
     host = dict(batch)
     host['inputs'] = {m: batch['inputs'][m] for m in self.modalities}
-    return jax.tree.map(self.put_global, host)
+    sharded = jax.tree.map(self.put_global, host)
+    faults.maybe_fail('shard')
+    return sharded
 
   def put_global(self, x: Any) -> jax.Array:
     """Shards a global host array over the ``data`` axis; each host passes its own rows.
@@ -216,6 +225,7 @@ class Trainer:
     for batch, mask in data.eval_batches(split_data, self.config.eval_batch_size):
       sums = sums_fn(state, self.shard(batch), self.put_global(mask))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      faults.maybe_fail('eval_batch')
     return jax.device_get(totals)
 
 
@@ -230,9 +240,31 @@ def _first_nonfinite(step_metrics: list[dict[str, np.ndarray]], first_step: int
   return None
 
 
+class EpochSums:
+  """Running float64 sums of the per-step train metrics of one epoch, in step order.
+
+  The epoch's train record holds their means. The sums (exact in JSON) go into mid-epoch
+  checkpoints, so a run resumed inside an epoch reports the same means as an uninterrupted one.
+  """
+
+  def __init__(self, sums: Mapping[str, float] | None = None, count: int = 0):
+    self.sums = dict(sums or {})
+    self.count = count
+
+  def add(self, step_metrics: Iterable[Mapping[str, np.ndarray]]) -> None:
+    for m in step_metrics:
+      for k, v in m.items():
+        self.sums[k] = self.sums.get(k, 0.0) + float(v)
+      self.count += 1
+
+  def means(self) -> dict[str, float]:
+    return {k: v / self.count for k, v in self.sums.items()}
+
+
 def _mean_metrics(step_metrics: list[dict[str, np.ndarray]]) -> dict[str, float]:
-  keys = step_metrics[0].keys()
-  return {k: float(np.mean([m[k] for m in step_metrics])) for k in keys}
+  sums = EpochSums()
+  sums.add(step_metrics)
+  return sums.means()
 
 
 def _postfix(means: Mapping[str, float], heads: Iterable[str]) -> dict[str, str]:
@@ -263,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ends the run after that epoch's checkpoint, as a preemption would (tests use it).
   Returns the run summary: best val accuracy per head, test accuracy at the best-val epoch
   and at the end. A bad config, data set or workdir raises a :class:`UserError` before
-  anything in ``workdir`` is created or changed.
+  anything in ``workdir`` is created or changed; a second process on the same ``workdir`` is
+  refused while this one runs.
   """
   config_lib.validate(config)
   check_workdir(workdir, config)  # cheap, before the data set and the model are built
@@ -281,54 +314,100 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise
   except ValueError as e:
     raise UserError(str(e)) from e
-  prepare_workdir(workdir, config)
-  logging.warning('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
-                  jax.devices())
+  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  try:
+    if jax.process_index() == 0:
+      prepare_workdir(workdir, config)
+    logging.warning('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
+                    jax.devices())
+    return _train(config, workdir, stop_after_epoch, trainer, state)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _epoch_line(epoch: int, num_epochs: int, train_record: Mapping[str, float],
+                val: Mapping[str, float], heads: Iterable[str]) -> str:
+  return (f"epoch {epoch}/{num_epochs}: {train_record['steps_per_second']:.1f} steps/s, "
+          f"lr {train_record['learning_rate']:.4g} | train " +
+          ' '.join(f"{h}={train_record[f'accuracy/{h}']:.3f}" for h in heads) + ' | val ' +
+          ' '.join(f"{h}={val[f'accuracy/{h}']:.3f}" for h in heads))
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: int | None,
+           trainer: Trainer, state: TrainState) -> dict[str, Any]:
+  """The loop of :func:`train_and_evaluate`, with the workdir locked and prepared."""
   method = trainer.method
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.checkpoint_keep)
   selection_head = method.selection_head
-  start_epoch, best_val = 0, -math.inf
+  every = int(config.get('checkpoint_every_steps') or 0)
+  lead = jax.process_index() == 0
+  start_epoch, epoch_step, sums, num_records = 0, 0, EpochSums(), 0
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, extra = restored
     trainer.train_iterator.set_state(extra['data_iterator'])
-    start_epoch, best_val = int(extra['epoch']), float(extra['best_val'])
-    metrics.truncate_metrics(workdir, int(jax.device_get(state.step)))
-  else:
-    metrics.truncate_metrics(workdir, -1)
-  writer = metrics.MetricWriter(workdir)
-  show_bar = bool(config.progress_bar) and jax.process_index() == 0
+    start_epoch, epoch_step = int(extra['epoch']), int(extra.get('epoch_step', 0))
+    sums = EpochSums(extra.get('train_sums'), epoch_step)
+    num_records = int(extra['metrics_records'])
+  if lead:
+    metrics.truncate_metrics(workdir, num_records)
+  writer = metrics.MetricWriter(workdir, records=num_records, enabled=lead)
+  show_bar = bool(config.progress_bar) and lead
+
+  def position(epoch, steps_done):  # copied: Orbax writes it later, in the background
+    return {'epoch': epoch, 'epoch_step': steps_done, 'train_sums': dict(sums.sums),
+            'metrics_records': writer.records, 'data_iterator': trainer.train_iterator.get_state()}
+
   try:
     for epoch in range(start_epoch, config.num_epochs):
-      state, hook_metrics = method.on_epoch_start(trainer, state, epoch)
-      step = int(jax.device_get(state.step))
-      if hook_metrics:
-        writer.write(step, epoch, 'train', hook_metrics)
-      epoch_metrics: list[dict[str, np.ndarray]] = []
-      pending = []
-      bar = tqdm(total=trainer.steps_per_epoch, desc=f'epoch {epoch + 1}/{config.num_epochs}',
-                 disable=not show_bar, leave=False, file=sys.stderr)
-      for i in range(trainer.steps_per_epoch):
+      if epoch_step == 0:
+        faults.maybe_fail('epoch_start')
+        state, hook_metrics = method.on_epoch_start(trainer, state, epoch)
+        faults.maybe_fail('epoch_hook_done')
+        if hook_metrics:
+          writer.write(int(jax.device_get(state.step)), epoch, 'train', hook_metrics)
+      else:
+        method.on_resume_within_epoch(trainer, state, epoch)
+      first_step = int(jax.device_get(state.step)) - epoch_step
+      pending, recent = [], []
+      started = time.perf_counter()
+      bar = tqdm(total=trainer.steps_per_epoch, initial=epoch_step, leave=False, file=sys.stderr,
+                 desc=f'epoch {epoch + 1}/{config.num_epochs}', disable=not show_bar)
+      for i in range(epoch_step, trainer.steps_per_epoch):
         state, step_metrics = trainer.jit_train_step(state, trainer.next_batch())
+        faults.maybe_fail('train_step')
         pending.append(step_metrics)
-        if (i + 1) % config.log_every_steps == 0 or i + 1 == trainer.steps_per_epoch:
+        mid_epoch_checkpoint = (every and (first_step + i + 1) % every == 0
+                                and i + 1 < trainer.steps_per_epoch)
+        if ((i + 1) % config.log_every_steps == 0 or i + 1 == trainer.steps_per_epoch
+            or mid_epoch_checkpoint):
           fetched = jax.device_get(pending)
-          bad = _first_nonfinite(fetched, step + len(epoch_metrics))
+          bad = _first_nonfinite(fetched, first_step + sums.count)
           if bad is not None:
+            last = ckpt.latest_step()
+            kept = ('no checkpoint yet' if last is None
+                    else f'its last good checkpoint (step {last}) is intact in {workdir}')
             raise FloatingPointError(
                 f"non-finite {', '.join(bad[1])} at step {bad[0]} (epoch {epoch + 1}); the run "
-                f'stopped and its last good checkpoint (step {ckpt.latest_step()}) is intact in '
-                f'{workdir}.')
-          epoch_metrics += fetched
+                f'stopped and {kept}.')
+          sums.add(fetched)
+          recent = (recent + fetched)[-config.log_every_steps:]
           pending = []
-          bar.set_postfix(_postfix(_mean_metrics(epoch_metrics[-config.log_every_steps:]),
-                                   trainer.heads))
+          bar.set_postfix(_postfix(_mean_metrics(recent), trainer.heads))
+        if mid_epoch_checkpoint:
+          ckpt.save(first_step + i + 1, state, position(epoch, i + 1))
+          faults.maybe_fail('checkpoint_saved')
         bar.update(1)
       bar.close()
       step = int(jax.device_get(state.step))
-      train_record = _mean_metrics(epoch_metrics)
+      train_record = sums.means()
       train_record.update({k: float(v) for k, v in
                            jax.device_get(method.state_metrics(state.method_state)).items()})
+      train_record['learning_rate'] = optim.learning_rate(trainer.learning_rate_fn,
+                                                          state.opt_state, step - 1)
+      train_record['steps_per_second'] = ((trainer.steps_per_epoch - epoch_step)
+                                          / (time.perf_counter() - started))
       writer.write(step, epoch + 1, 'train', train_record)
       evals = {}
       for split in ('val', 'test'):
@@ -336,19 +415,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         evals[split].update(method.eval_metrics(trainer, state, split, evals[split]))
         writer.write(step, epoch + 1, split, evals[split])
       writer.flush()
-      val_acc = evals['val'][f'accuracy/{selection_head}']
-      is_best = val_acc > best_val
-      best_val = max(best_val, val_acc)
-      extra = {'epoch': epoch + 1, 'best_val': best_val,
-               'data_iterator': trainer.train_iterator.get_state()}
-      ckpt.save(step, state, extra)
-      if is_best:
-        ckpt.save_best(step, state, extra)
-      if show_bar:
-        tqdm.write(f"epoch {epoch + 1}: train " + ' '.join(
-            f"{h}={train_record[f'accuracy/{h}']:.3f}" for h in trainer.heads) + ' | val ' +
-            ' '.join(f"{h}={evals['val'][f'accuracy/{h}']:.3f}" for h in trainer.heads),
-            file=sys.stderr)
+      epoch_step, sums = 0, EpochSums()
+      ckpt.save(step, state, position(epoch + 1, 0),
+                val_accuracy=evals['val'][f'accuracy/{selection_head}'])
+      faults.maybe_fail('checkpoint_saved')
+      if lead:
+        line = _epoch_line(epoch + 1, config.num_epochs, train_record, evals['val'], trainer.heads)
+        if show_bar:
+          tqdm.write(line, file=sys.stderr)
+        else:
+          print(line, file=sys.stderr, flush=True)
+      faults.maybe_fail('epoch_end')
       if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
         break
   finally:
@@ -356,7 +433,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     ckpt.close()
     writer.close()
   summary = _summary(workdir, trainer.heads, selection_head)
-  if summary and jax.process_index() == 0 and (stop_after_epoch is None or
-                                               stop_after_epoch >= config.num_epochs):
+  if summary and lead and (stop_after_epoch is None or stop_after_epoch >= config.num_epochs):
     print(_summary_table(summary))
   return summary

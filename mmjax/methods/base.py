@@ -163,6 +163,14 @@ class Method:
     del trainer, epoch
     return state, {}
 
+  def on_resume_within_epoch(self, trainer: Any, state: Any, epoch: int) -> None:
+    """Host-side state after a resume inside epoch ``epoch`` (the train iterator is in place).
+
+    ``on_epoch_start`` of that epoch ran before the checkpoint; its effect on the train state
+    is restored with it, so only host-side positions (e.g. a second batch stream) are set here.
+    """
+    del trainer, state, epoch
+
   def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
     """Metrics logged with the train split at the end of every epoch."""
     return {f'{self.name}/weight/{h}': w for h, w in method_state['weights'].items()}

@@ -350,6 +350,13 @@ class GradientBlending(Method):
     state = state.replace(method_state=jax.device_put(method_state, trainer.replicated))
     return state, {k: float(v) for k, v in jax.device_get(self.state_metrics(method_state)).items()}
 
+  def on_resume_within_epoch(self, trainer: Any, state: Any, epoch: int) -> None:
+    """Gradient: puts the ``V`` batch stream back at the main stream's position."""
+    del trainer, state, epoch
+    if self.estimator == 'gradient':
+      self._heldout_iterator.set_state(
+          {**self._heldout_iterator.get_state(), 'step': self._train_iterator.step})
+
   def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
     return {f'{self.name}/{key}/{h}': method_state[state_key][h]
             for key, state_key in (('weight', 'weights'), ('delta_g', 'delta_g'),
