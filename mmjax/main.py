@@ -196,6 +196,22 @@ class _StorageErrorFilter(logging_std.Filter):
     return not any(m in record.getMessage() for m in _STORAGE_MESSAGES)
 
 
+def _drop_closed_event_loop(hook):
+  """``sys.unraisablehook`` without Orbax's "Event loop is closed" noise after a failed save.
+
+  When an asynchronous save or restore fails (a full disk, a corrupt checkpoint), TensorStore's
+  pending callbacks reach Orbax's already closed event loop, and Python prints each as an
+  unraisable traceback; the failure itself is reported once, by ``main``.
+  """
+
+  def unraisable(info):
+    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == 'Event loop is closed':
+      return
+    hook(info)
+
+  return unraisable
+
+
 def _error(message: str) -> None:
   print(f'mmjax: error: {_one_line(message)}', file=sys.stderr)
 
@@ -212,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.use_absl_handler()  # absl's log format on stderr, as absl.app.run sets it up
   storage_filter = _StorageErrorFilter()
   logging.get_absl_logger().addFilter(storage_filter)
+  unraisable_hook = sys.unraisablehook
+  sys.unraisablehook = _drop_closed_event_loop(unraisable_hook)
   workdir = ''
   try:
     config, workdir, verbosity = parse_flags(argv)
@@ -234,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   finally:
     logging.get_absl_logger().removeFilter(storage_filter)
+    sys.unraisablehook = unraisable_hook
   return 0
 
 
