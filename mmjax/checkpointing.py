@@ -88,7 +88,7 @@ class Checkpointer:
           '--workdir.')
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),
-        checkpoint_managers.BestN(get_metric_fn=_best_key, n=1,
+        checkpoint_managers.BestN(get_metric_fn=_best_key, reverse=False, n=1,
                                   keep_checkpoints_without_metrics=False)])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=_best_key, best_mode='max', create=True,
