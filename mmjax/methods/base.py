@@ -141,6 +141,8 @@ class Method:
                 method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
     """``((loss, aux), grads)`` of ``loss_fn(params, batch)``; methods may compute more.
 
+    ``loss_fn(params, batch, rng=key)`` runs the forward pass with dropout key ``key`` instead
+    of the step's own (G-Blend gives each of its extra forward passes an independent key).
     ``aux`` is ``(outputs, losses, model_state, intermediates)``; a method that measures
     something while computing gradients adds it to ``intermediates`` under its own name, and
     reads it back in :meth:`update_state` as ``info.aux[name]`` (G-Blend's gradient estimator).
