@@ -54,11 +54,31 @@ def assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch):
   train.train_and_evaluate(config, resumed, stop_after_epoch=stop_after_epoch)
   assert max(r['epoch'] for r in metrics.read_metrics(resumed)) == stop_after_epoch
   train.train_and_evaluate(config, resumed)
-  state_full, extra_full = restore_latest_state(full, config)
-  state_resumed, extra_resumed = restore_latest_state(resumed, config)
-  assert extra_full == extra_resumed
-  for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_resumed)):
-    np.testing.assert_array_equal(a, b)
-  assert (metrics.without_timing(metrics.read_metrics(full))
-          == metrics.without_timing(metrics.read_metrics(resumed)))
+  assert_same_run(full, resumed, config)
   return full, resumed
+
+
+def assert_same_run(workdir, other, config):
+  """Asserts that two runs of ``config`` end alike: latest state and its JSON extra bit for bit,
+  and ``metrics.jsonl`` apart from wall-clock timings."""
+  from mmjax import metrics  # pylint: disable=import-outside-toplevel
+  state, extra = restore_latest_state(workdir, config)
+  other_state, other_extra = restore_latest_state(other, config)
+  assert extra == other_extra
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(other_state)):
+    np.testing.assert_array_equal(a, b)
+  assert (metrics.without_timing(metrics.read_metrics(workdir))
+          == metrics.without_timing(metrics.read_metrics(other)))
+
+
+def poison_training_inputs(monkeypatch, modality):
+  """Makes every training batch's ``modality`` input NaN (``monkeypatch.undo()`` ends it)."""
+  from mmjax import data  # pylint: disable=import-outside-toplevel
+  original_next = data.TrainIterator.__next__
+
+  def poisoned(self):
+    batch = original_next(self)
+    batch['inputs'][modality] = np.full_like(batch['inputs'][modality], np.nan)
+    return batch
+
+  monkeypatch.setattr(data.TrainIterator, '__next__', poisoned)

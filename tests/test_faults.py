@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, restore_latest_state, tiny_synthetic_config
+from conftest import (ROOT, assert_same_run, poison_training_inputs, restore_latest_state,
+                      tiny_synthetic_config)
 from benchmarks import fault_battery
 from mmjax import checkpointing, faults, metrics, optim, train, workdir_lock
 
@@ -133,13 +134,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path, corrup
   aside = glob.glob(os.path.join(workdir, 'checkpoints', 'corrupt', f'{2 * steps_per_epoch}-*'))
   assert len(aside) == 1
   # Resumed from the epoch-1 checkpoint, the run ends where the uninterrupted one does.
-  state_full, extra_full = restore_latest_state(full, config)
-  state_run, extra_run = restore_latest_state(workdir, config)
-  assert extra_full == extra_run
-  for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_run)):
-    np.testing.assert_array_equal(a, b)
-  assert (metrics.without_timing(metrics.read_metrics(full))
-          == metrics.without_timing(metrics.read_metrics(workdir)))
+  assert_same_run(full, workdir, config)
 
 
 def test_no_restorable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
@@ -247,15 +242,7 @@ def test_learning_rate_applies_the_plateau_scale():
 
 
 def test_nan_before_the_first_checkpoint_says_so(tmp_path, monkeypatch):
-  from mmjax import data  # pylint: disable=import-outside-toplevel
-  original_next = data.TrainIterator.__next__
-
-  def poisoned(self):
-    batch = original_next(self)
-    batch['inputs']['a'] = np.full_like(batch['inputs']['a'], np.nan)
-    return batch
-
-  monkeypatch.setattr(data.TrainIterator, '__next__', poisoned)
+  poison_training_inputs(monkeypatch, 'a')
   with pytest.raises(FloatingPointError, match=r'at step 0 \(epoch 1\); the run stopped and no '
                                                r'checkpoint yet\.'):
     train.train_and_evaluate(tiny_synthetic_config('vanilla'), str(tmp_path))

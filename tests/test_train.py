@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_resume_is_bit_identical, restore_latest_state, tiny_synthetic_config
-from mmjax import checkpointing, data, metrics, train
+from conftest import (ROOT, assert_resume_is_bit_identical, poison_training_inputs,
+                      restore_latest_state, tiny_synthetic_config)
+from mmjax import checkpointing, metrics, train
 
 
 def _read_tensorboard_scalars(workdir):
@@ -93,14 +94,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   records_before = metrics.read_metrics(workdir)
   steps_per_epoch = config.data.num_train // config.batch_size
 
-  original_next = data.TrainIterator.__next__
-
-  def poisoned(self):
-    batch = original_next(self)
-    batch['inputs']['b'] = np.full_like(batch['inputs']['b'], np.nan)
-    return batch
-
-  monkeypatch.setattr(data.TrainIterator, '__next__', poisoned)
+  poison_training_inputs(monkeypatch, 'b')
   with pytest.raises(FloatingPointError,
                      match=rf'non-finite .*loss/b.* at step {steps_per_epoch} .*step {steps_per_epoch}\)'):
     train.train_and_evaluate(config, workdir)
