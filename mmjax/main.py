@@ -1,10 +1,15 @@
 """Command-line entry point.
 
     python -m mmjax.main --config configs/cgmnist.py:method=vanilla --workdir /tmp/run
+    python -m mmjax.main --config configs/cgmnist.py:method=vanilla --print_config
 
 ``--config`` takes a config file with ``get_config(arg)``, the text after ``:`` as its
 argument, and ``--config.key=value`` overrides; ``--workdir`` holds everything the run writes.
-``--verbosity`` sets absl's log level (default -1: warnings; 0: info).
+``--verbosity`` sets absl's log level (default -1: warnings; 0: info). ``--print_config`` prints
+the resolved config, the JSON a run's ``config.json`` holds, after the checks a run makes before
+it writes anything (data set, model, method, optimiser), and trains nothing; it needs no
+``--workdir``. The ``mmjax`` console command (:mod:`mmjax.cli`) offers the same as
+``mmjax train`` and ``mmjax config``.
 
 A user's mistake (a bad flag, config file, key, value, data set or workdir) prints one line,
 ``mmjax: error: ...``, on stderr and exits with code 2, before anything in the workdir changes;
@@ -14,7 +19,9 @@ a non-finite loss prints one line (code 1). Anything else is a bug and keeps its
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import logging as logging_std
 import re
 import sys
@@ -24,11 +31,11 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mmjax import train
+from mmjax import config_lib, train
 from mmjax.errors import UserError
 
 USAGE = ('usage: python -m mmjax.main --config configs/NAME.py[:ARGS] --workdir DIR '
-         '[--config.KEY=VALUE ...] [--verbosity N]')
+         '[--config.KEY=VALUE ...] [--verbosity N] [--print_config]')
 
 #: ``errno`` values of an ``OSError`` that come from the machine (disk, permissions), not a bug.
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -81,8 +88,21 @@ def _config_file_error(error: BaseException) -> str:
   return f'--config: the config file raised {type(error).__name__}: {error}'
 
 
-def parse_flags(argv: Sequence[str]) -> tuple[Any, str, int]:
-  """``(config, workdir, verbosity)`` from the command line (without the program name).
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+  """What the command line of a run asks for."""
+  config: ml_collections.ConfigDict
+  workdir: str | None  # None where the command takes no --workdir or prints the config
+  verbosity: int
+  print_config: bool = False
+
+
+def parse_flags(argv: Sequence[str], *, usage: str = USAGE, workdir: bool = True) -> CommandLine:
+  """The :class:`CommandLine` of ``argv`` (without the program name).
+
+  ``workdir=True`` takes ``--workdir`` (required unless ``--print_config``) and
+  ``--print_config``; ``workdir=False`` takes neither (a command that only resolves the
+  config). ``usage`` ends the error messages that concern the flags.
 
   Raises:
     UserError: a missing, unknown or bad flag, a config file that does not load, an unknown
@@ -90,7 +110,10 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, str, int]:
   """
   argv = ['mmjax.main', *argv]
   flag_values = flags.FlagValues()
-  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.',
+  if workdir:
+    flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and config.json.',
+                        flag_values=flag_values)
+    flags.DEFINE_bool('print_config', False, 'Print the resolved config and train nothing.',
                       flag_values=flag_values)
   flags.DEFINE_integer('verbosity', -1, 'absl log level: -1 warnings, 0 info, 1 debug.',
                        flag_values=flag_values)
@@ -107,7 +130,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, str, int]:
   except (AttributeError, KeyError) as e:  # ml_collections: an override key the config lacks
     plain = [a for a in argv if not re.match(r'^--?(?:no)?config\.', a)]
     try:
-      plain_config = _parse_plain(plain)
+      plain_config = _parse_plain(plain, workdir)
     except Exception as plain_error:  # pylint: disable=broad-except
       raise UserError(_config_file_error(plain_error)) from plain_error
     message = _override_error(argv, plain_config)
@@ -115,19 +138,20 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, str, int]:
   except flags.IllegalFlagValueError as e:
     if 'Error whilst parsing config file' in str(e):
       raise UserError(_config_file_error(e)) from e
-    raise UserError(f"{str(e).rstrip('.')}. {USAGE}") from e
+    raise UserError(f"{str(e).rstrip('.')}. {usage}") from e
   except flags.Error as e:
-    raise UserError(f"{str(e).rstrip('.')}. {USAGE}") from e
+    raise UserError(f"{str(e).rstrip('.')}. {usage}") from e
   except Exception as e:  # pylint: disable=broad-except
     # The user's config file did not load, or raised while it ran (anything get_config does).
     raise UserError(_config_file_error(e)) from e
   finally:
     logging.set_verbosity(verbosity)
   if len(rest) > 1:
-    raise UserError(f'unexpected arguments {rest[1:]}: flags take the form --name=value. {USAGE}')
-  for name in ('config', 'workdir'):
+    raise UserError(f'unexpected arguments {rest[1:]}: flags take the form --name=value. {usage}')
+  print_config = workdir and flag_values.print_config
+  for name in ('config', *(('workdir',) if workdir and not print_config else ())):
     if not flag_values[name].present:
-      raise UserError(f'--{name} is required. {USAGE}')
+      raise UserError(f'--{name} is required. {usage}')
   filename = flag_values['config'].config_filename
   if type(config).__name__ == '_ErrorConfig':  # ml_collections defers a file it cannot read
     reason = re.search(r'\[Errno \d+\] [^:]*', str(config._error))  # pylint: disable=protected-access
@@ -136,16 +160,19 @@ def parse_flags(argv: Sequence[str]) -> tuple[Any, str, int]:
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f'--config {filename!r}: get_config() returned {type(config).__name__}, '
                     'not an ml_collections.ConfigDict.')
-  if not flag_values.workdir:
-    raise UserError(f'--workdir is empty. {USAGE}')
-  return config, flag_values.workdir, flag_values.verbosity
+  if workdir and not print_config and not flag_values.workdir:
+    raise UserError(f'--workdir is empty. {usage}')
+  return CommandLine(config=config, workdir=flag_values.workdir if workdir else None,
+                     verbosity=flag_values.verbosity, print_config=print_config)
 
 
-def _parse_plain(argv: Sequence[str]) -> Any:
+def _parse_plain(argv: Sequence[str], workdir: bool) -> Any:
   """The config of ``argv`` without its overrides (to name an override's unknown key)."""
   sys.modules.pop('config_config', None)
   flag_values = flags.FlagValues()
-  flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
+  if workdir:
+    flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
+    flags.DEFINE_bool('print_config', False, '', flag_values=flag_values)
   flags.DEFINE_integer('verbosity', -1, '', flag_values=flag_values)
   config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values, sys_argv=list(argv))
   flag_values(list(argv))
@@ -212,41 +239,77 @@ def _drop_closed_event_loop(hook):
   return unraisable
 
 
-def _error(message: str) -> None:
+def print_error(message: Any) -> None:
+  """Prints a user's mistake as the one line ``mmjax: error: ...`` on stderr."""
   print(f'mmjax: error: {_one_line(message)}', file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Runs ``python -m mmjax.main`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+#: The flags that ask for help instead of a run.
+HELP_FLAGS = ('-h', '--help', '-help', '--helpshort', '--helpfull')
+
+
+def use_absl_logging() -> None:
+  """absl's log format on stderr, as ``absl.app.run`` sets it up, without parsing ``sys.argv``."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl logging reads its own flags' defaults
+  logging.use_absl_handler()
+
+
+def resolved_config_json(config: ml_collections.ConfigDict) -> str:
+  """The resolved ``config`` as the JSON text a run's ``config.json`` holds.
+
+  First makes the checks :func:`mmjax.train.train_and_evaluate` makes before it writes anything
+  in a workdir: the config's keys, then the data set, model, method and optimiser it builds.
+
+  Raises:
+    UserError: naming the first bad key or value.
+  """
+  config_lib.validate(config)
+  try:
+    train.Trainer(config)
+  except UserError:
+    raise
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  return json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True)
+
+
+def main(argv: Sequence[str] | None = None, *, usage: str = USAGE) -> int:
+  """Runs ``python -m mmjax.main`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+  ``usage`` ends the error messages about flags (``mmjax train`` passes its own).
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
-  if any(a in ('-h', '--help', '-help', '--helpshort', '--helpfull') for a in argv):
+  if any(a in HELP_FLAGS for a in argv):
     print(USAGE)
     print(__doc__)
     return 0
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()  # absl logging reads its own flags' defaults
-  logging.use_absl_handler()  # absl's log format on stderr, as absl.app.run sets it up
+  use_absl_logging()
   storage_filter = _StorageErrorFilter()
   logging.get_absl_logger().addFilter(storage_filter)
   unraisable_hook = sys.unraisablehook
   sys.unraisablehook = _drop_closed_event_loop(unraisable_hook)
   workdir = ''
   try:
-    config, workdir, verbosity = parse_flags(argv)
-    logging.set_verbosity(verbosity)
-    train.train_and_evaluate(config, workdir)
+    command_line = parse_flags(argv, usage=usage)
+    logging.set_verbosity(command_line.verbosity)
+    if command_line.print_config:
+      print(resolved_config_json(command_line.config))
+      return 0
+    workdir = command_line.workdir
+    train.train_and_evaluate(command_line.config, workdir)
   except UserError as e:
-    _error(e)
+    print_error(e)
     return 2
   except FloatingPointError as e:
-    _error(e)
+    print_error(e)
     return 1
   except Exception as e:  # pylint: disable=broad-except
     storage = _environment_error(e, workdir)
     if storage is None:
       raise
-    _error(f'cannot write {storage[0]}: {storage[1]}. Free space or fix permissions, then rerun '
-           'the same command to resume.')
+    print_error(f'cannot write {storage[0]}: {storage[1]}. Free space or fix permissions, then '
+                'rerun the same command to resume.')
     # Orbax's background save threads may still fail while the process exits; that is this error.
     logging.set_verbosity(logging.FATAL)
     return 2
