@@ -70,7 +70,7 @@ class Entry:
 
 
 def _summary(obj: Any) -> str:
-  """The first sentence-line of ``obj``'s docstring."""
+  """The first line of ``obj``'s docstring."""
   return (getattr(obj, '__doc__', None) or '').strip().split('\n', 1)[0]
 
 
@@ -86,16 +86,16 @@ def method_entries() -> list[Entry]:
           for name, cls in sorted(methods.METHODS.items())]
 
 
+#: The default shown for a constructor argument that has none (it must be given).
+REQUIRED = '<required>'
+
+
 def _field_default(field: dataclasses.Field) -> Any:
   if field.default is not dataclasses.MISSING:
     return field.default
   if field.default_factory is not dataclasses.MISSING:
     return field.default_factory()
   return REQUIRED
-
-
-#: The default shown for a constructor argument that has none (it must be given).
-REQUIRED = '<required>'
 
 
 def encoder_entries() -> list[Entry]:
@@ -131,6 +131,8 @@ def catalogue_text(sections: Sequence[str] = tuple(CATALOGUE)) -> str:
     for entry in entries():
       lines.append(f'  {entry.name}: {entry.summary}')
       lines += [f'      {key} = {value!r}' for key, value in entry.options.items()]
+      if not entry.options:
+        lines.append('      (no options)')
     lines.append('')
   return '\n'.join(lines).rstrip()
 

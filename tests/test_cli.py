@@ -73,6 +73,7 @@ def test_list_shows_the_registries_with_options_and_defaults(capsys):
   assert '  gblend: ' in out and '      heldout_fraction = 0.08\n' in out
   assert '  synthetic: ' in out and '      num_classes = 4\n' in out
   assert '  greedy: ' in out and "      mode = 'guided'\n" in out
+  assert '  vanilla: Naive joint training' in out and '      (no options)' in out
 
 
 def test_list_json_and_sections(capsys):
