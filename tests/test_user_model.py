@@ -1,0 +1,412 @@
+"""A user's own encoders (defined in this file) trained by G-Blend and greedy learning.
+
+Each encoder goes in once registered by name and once as an object from Python, end to end
+through ``train_and_evaluate``; then the contract errors, the config arguments that switch an
+encoder's type in every config file, and ``parameter_groups`` on models of user encoders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_synthetic_config
+from mmjax import main, metrics, models, train
+from mmjax.errors import UserError
+from mmjax.models import groups
+
+HEADS = ('fused', 'a', 'b')
+
+
+class TinyEncoder(nn.Module):
+  """A plain encoder: features out, no stages (late fusion only). Not registered."""
+  features: int = 8
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    del train
+    return nn.relu(nn.Dense(self.features)(x.reshape(x.shape[0], -1)))
+
+
+class DenseReLU(nn.Module):
+  """One stage of :class:`TinyStagedEncoder`."""
+  width: int
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    del train
+    return nn.relu(nn.Dense(self.width)(x))
+
+
+@models.register_encoder('test_tiny_staged')
+class TinyStagedEncoder(nn.Module):
+  """A staged encoder written against the contract alone (no mmjax base class)."""
+  widths: tuple = (8, 6)
+  features: int = 8
+
+  @property
+  def stage_channels(self):
+    return tuple(self.widths)
+
+  def setup(self):
+    self.stages = tuple(DenseReLU(w) for w in self.widths)
+    self.project = nn.Dense(self.features)
+
+  def embed(self, x, *, train):
+    del train
+    return self.project(x)
+
+  def __call__(self, x, *, train):
+    for stage in self.stages:
+      x = stage(x, train=train)
+    return self.embed(x, train=train)
+
+
+class TinyStagedObject(TinyStagedEncoder):
+  """The same encoder under a class that is not registered: it can only be passed as an object."""
+
+
+def _small(config):
+  config.data.num_train = 128
+  return config
+
+
+def _small_gblend():
+  config = _small(tiny_synthetic_config('gblend'))
+  config.method.warmup_epochs = 1
+  config.method.super_epoch = 1
+  config.num_epochs = 2
+  return config
+
+
+def _small_greedy():
+  config = _small(tiny_synthetic_config('greedy', mode='guided'))
+  config.num_epochs = 2
+  return config
+
+
+def _stored_config(workdir):
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _check_trained(workdir, method):
+  records = metrics.read_metrics(workdir)
+  assert max(r['epoch'] for r in records) == 2
+  test = [r for r in records if r['split'] == 'test']
+  assert all(np.isfinite(r[f'accuracy/{h}']) for r in test for h in HEADS)
+  keys = set().union(*records)
+  assert any(k.startswith(f'{method}/') for k in keys), sorted(keys)
+
+
+# ----- end to end: G-Blend (late fusion) and greedy (MMTM) ----------------------------------
+
+def test_gblend_with_a_registered_encoder(tmp_path):
+  config = _small_gblend()
+  for m in ('a', 'b'):
+    config.model.encoders[m] = models.encoder_config('test_tiny_staged', features=6)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  _check_trained(workdir, 'gblend')
+  assert _stored_config(workdir)['model']['encoders']['a'] == {
+      'name': 'test_tiny_staged', 'widths': [8, 6], 'features': 6}
+  weights = [r['gblend/weight/a'] for r in metrics.read_metrics(workdir) if 'gblend/weight/a' in r]
+  assert weights and all(np.isfinite(weights))
+
+
+def test_gblend_with_encoder_objects_records_them_and_refuses_other_objects(tmp_path):
+  config = _small(tiny_synthetic_config('gblend', estimator='gradient'))
+  encoders = {'a': TinyEncoder(features=6), 'b': TinyEncoder(features=5)}
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir, encoders=encoders, stop_after_epoch=1)
+  stored = _stored_config(workdir)['model']['encoders']
+  assert stored['a'] == {'name': '<object>', 'class': f'{__name__}.TinyEncoder', 'features': 6}
+  assert stored['b']['features'] == 5
+  assert config.model.encoders.a.name == 'mlp'  # the caller's config is left alone
+  with pytest.raises(UserError, match=r'model\.encoders\.b\.features: 5 -> 7'):
+    train.train_and_evaluate(config, workdir, encoders={'a': TinyEncoder(6), 'b': TinyEncoder(7)})
+  with pytest.raises(UserError, match=r"model\.encoders\.a\.name: '<object>' -> 'mlp'"):
+    train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, encoders=encoders)  # equal objects resume
+  _check_trained(workdir, 'gblend')
+
+
+def test_greedy_with_a_registered_staged_encoder(tmp_path):
+  config = _small_greedy()
+  for m in ('a', 'b'):
+    config.model.encoders[m] = models.encoder_config('test_tiny_staged')
+  config.model.mmtm_stages = (0, 1)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  _check_trained(workdir, 'greedy')
+  stored = _stored_config(workdir)['model']
+  assert stored['name'] == 'mmtm' and stored['encoders']['b']['name'] == 'test_tiny_staged'
+
+
+def test_greedy_with_staged_encoder_objects(tmp_path):
+  config = _small_greedy()
+  encoders = {'a': TinyStagedObject(widths=(8, 4), features=6), 'b': TinyStagedObject()}
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir, encoders=encoders)
+  _check_trained(workdir, 'greedy')
+  stored = _stored_config(workdir)['model']['encoders']['a']
+  assert stored == {'name': '<object>', 'class': f'{__name__}.TinyStagedObject',
+                    'widths': [8, 4], 'features': 6}
+
+
+# ----- the contract, checked when the model is built --------------------------------------
+
+def test_unstaged_encoder_for_mmtm_says_what_is_missing():
+  config = _small_greedy()
+  with pytest.raises(ValueError) as error:
+    train.Trainer(config, encoders={'a': TinyEncoder(), 'b': TinyStagedObject()})
+  message = str(error.value)
+  assert '\n' not in message
+  assert f'model.encoders.a ({__name__}.TinyEncoder) is not a staged encoder' in message
+  assert 'it lacks stage_channels, stages, embed' in message
+  assert 'docs/your_model.md' in message
+
+
+def test_unknown_encoder_name_lists_the_valid_ones_registered_included():
+  with pytest.raises(ValueError) as error:
+    models.build_model({'name': 'late_fusion', 'encoders': {'a': {'name': 'vit'}}}, ('a',), 3)
+  assert "model.encoders.a: encoder name 'vit' is not an encoder" in str(error.value)
+  assert "'test_tiny_staged'" in str(error.value) and "'mlp'" in str(error.value)
+
+
+def test_bad_option_of_a_registered_encoder_names_its_options():
+  with pytest.raises(ValueError) as error:
+    models.build_model({'name': 'late_fusion',
+                        'encoders': {'a': {'name': 'test_tiny_staged', 'depth': 2}}}, ('a',), 3)
+  assert ("model.encoders.a: 'depth' is not an option of encoder 'test_tiny_staged'; its options "
+          "are ['widths', 'features']") in str(error.value)
+
+
+def test_encoder_that_is_not_a_module_or_takes_no_train_is_refused():
+  class NoTrain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(2)(x)
+
+  with pytest.raises(ValueError, match=r'model\.encoders\.a is a function, not a flax\.linen Module'):
+    models.config_with_objects(tiny_synthetic_config(), encoders={'a': lambda x: x})
+  with pytest.raises(ValueError, match=r'__call__ has no keyword argument train'):
+    models.build_model({'name': 'late_fusion', 'encoders': {}}, ('a',), 3, encoders={'a': NoTrain()})
+
+
+def test_encoder_returning_a_map_is_refused_by_late_fusion():
+  class MapEncoder(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train):
+      return nn.Dense(2)(x)[:, None, :]
+
+  model = models.build_model({'name': 'late_fusion', 'encoders': {}}, ('a',), 3,
+                             encoders={'a': MapEncoder()})
+  with pytest.raises(ValueError, match=r"modality 'a' \(MapEncoder\) returned shape \(2, 1, 2\); "
+                     r'late fusion needs \[batch, features\]'):
+    model.init(jax.random.PRNGKey(0), {'a': jnp.zeros((2, 4))}, train=False)
+
+
+def test_stage_channels_that_do_not_match_the_stage_output_are_refused():
+  class WrongChannels(TinyStagedObject):
+    @property
+    def stage_channels(self):
+      return (8, 5)
+
+  model = models.build_model({'name': 'mmtm', 'encoders': {}, 'mmtm_stages': (1,)}, ('a', 'b'), 3,
+                             encoders={'a': WrongChannels(), 'b': TinyStagedObject()})
+  with pytest.raises(ValueError, match=r'stage 1 returned shape \(2, 6\), but its '
+                     r'stage_channels\[1\] = 5'):
+    model.init(jax.random.PRNGKey(0), {m: jnp.zeros((2, 4)) for m in 'ab'}, train=False)
+
+
+def test_register_encoder_refuses_taken_names_and_options_without_defaults():
+  with pytest.raises(ValueError, match=r"the name 'mlp' is taken by mmjax\.models\.encoders\.MLPEncoder"):
+    models.register_encoder('mlp')(TinyEncoder)
+
+  class NoDefault(nn.Module):
+    width: int
+
+  with pytest.raises(TypeError, match=r"option 'width' of .*NoDefault has no default"):
+    models.register_encoder('test_no_default')(NoDefault)
+  assert 'test_no_default' not in models.ENCODERS
+
+
+# ----- parameter groups of models built from user encoders ---------------------------------
+
+def _labels_by_path(model, inputs):
+  params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), inputs)['params']
+  labels = model.parameter_groups(params)
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): label
+          for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]}
+
+
+def test_parameter_groups_of_late_fusion_over_user_encoders():
+  model = models.build_model({'name': 'late_fusion', 'encoders': {}, 'fused_hidden': (4,)},
+                             ('a', 'b'), 3, encoders={'a': TinyEncoder(), 'b': TinyStagedObject()})
+  labels = _labels_by_path(model, {m: jnp.zeros((2, 4)) for m in 'ab'})
+  assert labels == {
+      'encoders_a/Dense_0/bias': 'branch/a', 'encoders_a/Dense_0/kernel': 'branch/a',
+      'encoders_b/stages_0/Dense_0/bias': 'branch/b', 'encoders_b/stages_0/Dense_0/kernel': 'branch/b',
+      'encoders_b/stages_1/Dense_0/bias': 'branch/b', 'encoders_b/stages_1/Dense_0/kernel': 'branch/b',
+      'encoders_b/project/bias': 'branch/b', 'encoders_b/project/kernel': 'branch/b',
+      'fused_mlp_0/bias': 'head/fused', 'fused_mlp_0/kernel': 'head/fused',
+      'head_fused/bias': 'head/fused', 'head_fused/kernel': 'head/fused',
+      'head_a/bias': 'head/a', 'head_a/kernel': 'head/a',
+      'head_b/bias': 'head/b', 'head_b/kernel': 'head/b'}
+
+
+def test_parameter_groups_of_mmtm_over_user_encoders():
+  model = models.build_model({'name': 'mmtm', 'encoders': {}, 'mmtm_stages': (1,)}, ('a', 'b'), 3,
+                             encoders={'a': TinyStagedObject(), 'b': TinyStagedObject((5, 3))})
+  labels = _labels_by_path(model, {m: jnp.zeros((2, 4)) for m in 'ab'})
+  assert {p: g for p, g in labels.items() if p.startswith('mmtm_')} == {
+      'mmtm_0/squeeze/bias': 'fusion', 'mmtm_0/squeeze/kernel': 'fusion',
+      'mmtm_0/excite_a/bias': 'fusion/a', 'mmtm_0/excite_a/kernel': 'fusion/a',
+      'mmtm_0/excite_b/bias': 'fusion/b', 'mmtm_0/excite_b/kernel': 'fusion/b'}
+  assert all(g == 'branch/b' for p, g in labels.items() if p.startswith('encoders_b/'))
+  assert sum(p.startswith('encoders_b/') for p in labels) == 6
+  assert {g for p, g in labels.items() if p.startswith('head_')} == {'head/a', 'head/b'}
+
+
+def test_check_parameter_groups_refuses_bad_labels():
+  params = {'enc': {'w': jnp.zeros(2)}, 'out': {'w': jnp.zeros(2)}}
+  with pytest.raises(ValueError, match=r"label 'encoder/a' is not a group"):
+    models.check_parameter_groups({'enc': {'w': 'encoder/a'}, 'out': {'w': 'head/a'}}, params,
+                                  ('a',), ('fused', 'a'))
+  with pytest.raises(ValueError, match=r"no parameter is labelled 'branch/a'"):
+    models.check_parameter_groups({'enc': {'w': 'head/fused'}, 'out': {'w': 'head/a'}}, params,
+                                  ('a',), ('fused', 'a'))
+  models.check_parameter_groups({'enc': {'w': 'branch/a'}, 'out': {'w': 'head/a'}}, params,
+                                ('a',), ('fused', 'a'))
+
+
+# ----- a whole model of the user's ---------------------------------------------------------
+
+class SumOfHeads(nn.Module):
+  """A whole model written from scratch: two encoders, a head each, the fused head their sum."""
+  features: int = 6
+  num_classes: int = 4
+
+  heads = ('fused', 'a', 'b')
+
+  @nn.compact
+  def __call__(self, inputs, *, train, head_grad_scale=None):
+    scales = head_grad_scale or {}
+    logits = {}
+    for m in ('a', 'b'):
+      features = nn.relu(nn.Dense(self.features, name=f'encoder_{m}')(inputs[m]))
+      if m in scales:
+        features = models.scale_gradient(features, scales[m])
+      logits[m] = nn.Dense(self.num_classes, name=f'head_{m}')(features)
+    return {'fused': logits['a'] + logits['b'], **logits}
+
+  def parameter_groups(self, params):
+    """``encoder_<m>`` is modality ``m``'s branch, ``head_<m>`` its head."""
+    def label(name):
+      kind, modality = name.split('_')
+      return f"{'branch' if kind == 'encoder' else 'head'}/{modality}"
+
+    return {name: jax.tree.map(lambda _, n=name: label(n), tree) for name, tree in params.items()}
+
+
+def test_whole_model_trains_with_gblend_through_parameter_groups(tmp_path):
+  config = _small(tiny_synthetic_config('gblend', estimator='gradient'))
+  config.num_epochs = 1
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir, model=SumOfHeads())
+  stored = _stored_config(workdir)['model']
+  assert stored == {'name': '<object>', 'class': f'{__name__}.SumOfHeads', 'features': 6,
+                    'num_classes': 4}
+  records = metrics.read_metrics(workdir)
+  assert any('gblend/weight/a' in r for r in records)
+
+
+def test_whole_model_with_wrong_outputs_is_refused_in_one_line(tmp_path):
+  config = tiny_synthetic_config()
+  with pytest.raises(UserError, match=r"model SumOfHeads returns \{.*'fused': \(2, 3\)\}; it must "
+                     r'return \{head: \[batch, 4\]\}'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'), model=SumOfHeads(num_classes=3))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+# ----- switching an encoder's type from the command line, in every config file -------------
+
+@pytest.mark.parametrize('config_arg, modality, option, value', [
+    ('configs/cgmnist.py:encoder_gray=resnet18', 'gray', 'width', '4'),
+    ('configs/cgmnist.py:encoder=mlp', 'color', 'dropout', '0.25'),
+    ('configs/synthetic.py:encoder_b=cnn', 'b', 'features', '24'),
+    ('configs/synthetic.py:encoder=test_tiny_staged', 'a', 'widths', '(4, 3)'),
+    ('configs/ucimf.py:views=fou+pix,encoder_pix=cnn', 'pix', 'features', '24'),
+])
+def test_config_argument_switches_an_encoder_with_its_defaults(config_arg, modality, option, value):
+  config, _, _ = main.parse_flags(
+      ['--config', config_arg, f'--config.model.encoders.{modality}.{option}={value}',
+       '--workdir', '/unused'])
+  section = config.model.encoders[modality].to_dict()
+  name = section.pop('name')
+  expected = models.encoder_config(name)
+  assert set(section) == set(expected) - {'name'}  # every option of the new type, overridable
+  got = section[option]
+  if option == 'widths':
+    assert tuple(got) == (4, 3)
+  else:
+    assert str(got) == value
+  model = models.build_model(config.model, tuple(config.model.encoders), 10)
+  assert type(model.encoders[modality]) is models.ENCODERS[name]
+
+
+def test_switching_the_name_alone_on_the_command_line_says_how_to_switch(tmp_path, capsys):
+  code = main.main(['--config', 'configs/synthetic.py:smoke', '--config.model.encoders.a.name=cnn',
+                    '--workdir', str(tmp_path / 'run')])
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert err.count('\n') == 0
+  assert ("'hidden' is not an option of encoder 'cnn'; its options are ['features']" in err
+          and 'encoder_<modality>=NAME' in err)
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_config_file_that_registers_an_encoder_trains_and_resumes(tmp_path, capsys):
+  config_file = tmp_path / 'my_config.py'
+  config_file.write_text(textwrap.dedent(f'''
+      import flax.linen as nn
+      import sys
+      sys.path.insert(0, {os.path.join(os.path.dirname(os.path.dirname(__file__)))!r})
+      from configs import synthetic
+      from mmjax import models
+
+      @models.register_encoder('test_file_encoder')
+      class FileEncoder(nn.Module):
+        features: int = 4
+
+        @nn.compact
+        def __call__(self, x, *, train):
+          return nn.tanh(nn.Dense(self.features)(x))
+
+      def get_config(arg=None):
+        config = synthetic.get_config(arg)
+        config.model.encoders = {{m: models.encoder_config('test_file_encoder') for m in 'ab'}}
+        config.data.num_train = 128
+        config.data.num_val = config.data.num_test = 64
+        config.batch_size = config.eval_batch_size = 32
+        config.progress_bar = False
+        return config
+      '''))
+  workdir = str(tmp_path / 'run')
+  command = ['--config', f'{config_file}:smoke', '--config.model.encoders.b.features=3',
+             '--workdir', workdir]
+  assert main.main([*command, '--config.num_epochs=1']) == 0
+  assert _stored_config(workdir)['model']['encoders']['b'] == {'name': 'test_file_encoder',
+                                                              'features': 3}
+  assert main.main([*command, '--config.num_epochs=2']) == 0  # resumes: the file registers again
+  assert max(r['epoch'] for r in metrics.read_metrics(workdir)) == 2
+  capsys.readouterr()
