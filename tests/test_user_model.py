@@ -186,8 +186,8 @@ def test_bad_option_of_a_registered_encoder_names_its_options():
   with pytest.raises(ValueError) as error:
     models.build_model({'name': 'late_fusion',
                         'encoders': {'a': {'name': 'test_tiny_staged', 'depth': 2}}}, ('a',), 3)
-  assert ("model.encoders.a: 'depth' is not an option of encoder 'test_tiny_staged'; its options "
-          "are ['widths', 'features']") in str(error.value)
+  assert ("model.encoders.a: 'depth' is not an option of encoder 'test_tiny_staged'; its "
+          "options are ['widths', 'features']") in str(error.value)
 
 
 def test_encoder_that_is_not_a_module_or_takes_no_train_is_refused():
@@ -370,8 +370,9 @@ def test_switching_the_name_alone_on_the_command_line_says_how_to_switch(tmp_pat
   err = capsys.readouterr().err.strip()
   assert code == 2
   assert err.count('\n') == 0
-  assert ("'hidden' is not an option of encoder 'cnn'; its options are ['features']" in err
-          and 'encoder_<modality>=NAME' in err)
+  assert ("model.encoders.a: 'dropout', 'hidden' are not options of encoder 'cnn'; its options "
+          "are ['features']. To switch an encoder's type with the new type's defaults, give the "
+          'config file the argument encoder_a=cnn (or encoder=cnn for every modality)') in err
   assert not os.path.exists(tmp_path / 'run')
 
 

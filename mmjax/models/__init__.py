@@ -49,7 +49,7 @@ def build_encoders(encoder_configs: Mapping[str, Mapping[str, Any]], modalities:
           f'modality {m!r} has no encoder: set model.encoders.{m}, e.g. '
           f"{{'name': 'cnn', 'features': 512}}; encoder names are {sorted(ENCODERS)}.")
     try:
-      encoders[m] = build_encoder(encoder_configs[m])
+      encoders[m] = build_encoder(encoder_configs[m], m)
     except ValueError as e:
       raise ValueError(f'model.encoders.{m}: {e}') from None
   return encoders

@@ -152,10 +152,12 @@ def encoder_sections(args: Mapping[str, Any], modalities: Sequence[str],
   return sections
 
 
-def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
+def build_encoder(cfg: Mapping[str, Any], modality: str = '<modality>') -> nn.Module:
   """The encoder ``ENCODERS[cfg['name']]`` built with the other keys of ``cfg`` as arguments.
 
-  Lists in ``cfg`` (e.g. ``hidden`` given on the command line) become tuples.
+  Lists in ``cfg`` (e.g. ``hidden`` given on the command line) become tuples. Keys that are not
+  options of the named encoder (left from another type after ``name`` alone was overridden) are
+  an error that says how to switch types: the config-file argument ``encoder_<modality>=NAME``.
   """
   cfg = dict(cfg)
   if 'name' not in cfg:
@@ -170,13 +172,15 @@ def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
     raise ValueError(_unknown_name(name))
   cls = ENCODERS[name]
   options = module_options(cls)
-  for key in cfg:
-    if key not in options:
-      raise ValueError(
-          f'{key!r} is not an option of encoder {name!r}; its options are {list(options)}. To '
-          f"switch an encoder's type with the new type's defaults, use the config file's argument "
-          f'encoder=NAME or encoder_<modality>=NAME (--config configs/FILE.py:encoder_<modality>='
-          f'{name}), then override its options.')
+  unknown = [key for key in cfg if key not in options]
+  if unknown:
+    keys = ', '.join(repr(k) for k in sorted(unknown))
+    raise ValueError(
+        f"{keys} {'is not an option' if len(unknown) == 1 else 'are not options'} of encoder "
+        f"{name!r}; its options are {list(options)}. To switch an encoder's type with the new "
+        f"type's defaults, give the config file the argument encoder_{modality}={name} (or "
+        f'encoder={name} for every modality), e.g. --config configs/NAME.py:encoder_{modality}='
+        f'{name}, then override its options.')
   return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
 
