@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import textwrap
 
 import flax.linen as nn
@@ -411,3 +412,17 @@ def test_config_file_that_registers_an_encoder_trains_and_resumes(tmp_path, caps
   assert main.main([*command, '--config.num_epochs=2']) == 0  # resumes: the file registers again
   assert max(r['epoch'] for r in metrics.read_metrics(workdir)) == 2
   capsys.readouterr()
+
+
+def test_docs_your_model_example_runs(tmp_path, monkeypatch, capsys):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, 'docs', 'your_model.md'), encoding='utf-8') as f:
+    text = f.read()
+  blocks = [b.split('```', 1)[0] for b in text.split('```python\n')[1:]]
+  assert len(blocks) == 1
+  script = tmp_path / 'your_model_example.py'
+  script.write_text(blocks[0])
+  monkeypatch.chdir(root)
+  runpy.run_path(str(script), run_name='your_model_example')
+  out = capsys.readouterr().out
+  assert out.count('gblend {') == 1 and out.count('greedy {') == 1
