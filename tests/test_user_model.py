@@ -15,14 +15,12 @@ import textwrap
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import tiny_synthetic_config
 from mmjax import main, metrics, models, train
 from mmjax.errors import UserError
-from mmjax.models import groups
 
 HEADS = ('fused', 'a', 'b')
 
@@ -197,10 +195,12 @@ def test_encoder_that_is_not_a_module_or_takes_no_train_is_refused():
     def __call__(self, x):
       return nn.Dense(2)(x)
 
-  with pytest.raises(ValueError, match=r'model\.encoders\.a is a function, not a flax\.linen Module'):
+  with pytest.raises(ValueError,
+                     match=r'model\.encoders\.a is a function, not a flax\.linen Module'):
     models.config_with_objects(tiny_synthetic_config(), encoders={'a': lambda x: x})
   with pytest.raises(ValueError, match=r'__call__ has no keyword argument train'):
-    models.build_model({'name': 'late_fusion', 'encoders': {}}, ('a',), 3, encoders={'a': NoTrain()})
+    models.build_model({'name': 'late_fusion', 'encoders': {}}, ('a',), 3,
+                       encoders={'a': NoTrain()})
 
 
 def test_encoder_returning_a_map_is_refused_by_late_fusion():
@@ -230,7 +230,8 @@ def test_stage_channels_that_do_not_match_the_stage_output_are_refused():
 
 
 def test_register_encoder_refuses_taken_names_and_options_without_defaults():
-  with pytest.raises(ValueError, match=r"the name 'mlp' is taken by mmjax\.models\.encoders\.MLPEncoder"):
+  with pytest.raises(ValueError,
+                     match=r"the name 'mlp' is taken by mmjax\.models\.encoders\.MLPEncoder"):
     models.register_encoder('mlp')(TinyEncoder)
 
   class NoDefault(nn.Module):
@@ -244,7 +245,8 @@ def test_register_encoder_refuses_taken_names_and_options_without_defaults():
 # ----- parameter groups of models built from user encoders ---------------------------------
 
 def _labels_by_path(model, inputs):
-  params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), inputs)['params']
+  params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                          inputs)['params']
   labels = model.parameter_groups(params)
   return {'/'.join(str(getattr(k, 'key', k)) for k in path): label
           for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]}

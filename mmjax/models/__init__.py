@@ -138,7 +138,9 @@ def config_with_objects(config: ml_collections.ConfigDict, *,
     for m, encoder in (encoders or {}).items():
       check_features_encoder(m, encoder)
       sections = config.model.get('encoders') or {}
-      sections = sections.to_dict() if isinstance(sections, ml_collections.ConfigDict) else dict(sections)
+      if isinstance(sections, ml_collections.ConfigDict):
+        sections = sections.to_dict()
+      sections = dict(sections)
       sections[m] = describe(encoder)
       config.model.encoders = sections
   return config
@@ -173,7 +175,8 @@ def check_model(model: nn.Module, modalities: Sequence[str], num_classes: int,
 
   params, outputs = jax.eval_shape(init_and_apply, example)
   shapes = {h: tuple(o.shape) for h, o in outputs.items()} if isinstance(outputs, Mapping) else None
-  if shapes is None or set(shapes) != set(heads) or any(s != (2, num_classes) for s in shapes.values()):
+  if (shapes is None or set(shapes) != set(heads)
+      or any(s != (2, num_classes) for s in shapes.values())):
     raise ValueError(f'model {name} returns {shapes or type(outputs).__name__}; it must return '
                      f'{{head: [batch, {num_classes}]}} for the heads {list(heads)}.')
   check_parameter_groups(model.parameter_groups(params), params, modalities, heads)
