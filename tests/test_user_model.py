@@ -292,6 +292,36 @@ def test_check_parameter_groups_refuses_bad_labels():
                                 ('a',), ('fused', 'a'))
 
 
+def test_describe_records_class_fields_submodules_and_functions():
+  class Activated(nn.Module):
+    activation: object = nn.gelu
+    kernel_init: object = nn.initializers.lecun_normal()
+
+  model = models.LateFusionClassifier(
+      encoders={'a': TinyEncoder(3), 'b': models.MLPEncoder(hidden=(4,))}, num_classes=2)
+  assert models.describe(model) == {
+      'name': '<object>', 'class': 'mmjax.models.late_fusion.LateFusionClassifier',
+      'encoders': {'a': {'name': '<object>', 'class': f'{__name__}.TinyEncoder', 'features': 3},
+                   'b': {'name': 'mlp', 'hidden': [4], 'features': 128, 'dropout': 0.0}},
+      'num_classes': 2, 'fusion': 'concat', 'fused_hidden': [], 'fused_dropout': 0.0}
+  described = models.describe(Activated())
+  assert described['activation'] == 'jax._src.nn.functions.gelu'
+  # An initializer is a closure: the values it closes over tell lecun_normal from he_normal.
+  he = models.describe(Activated(kernel_init=nn.initializers.he_normal()))['kernel_init']
+  assert described['kernel_init']['closure'] != he['closure']
+  assert described['kernel_init']['closure'] == models.describe(Activated())['kernel_init']['closure']
+
+
+def test_builtin_mmtm_model_passed_whole_is_used_by_greedy():
+  model = models.MMTMClassifier(encoders={'a': TinyStagedObject(), 'b': TinyStagedObject()},
+                                num_classes=4, mmtm_stages=(1,))
+  trainer = train.Trainer(_small_greedy(), model=model)
+  assert trainer.model is model
+  assert trainer.method.mmtm_channels == ({'a': 6, 'b': 6},)
+  assert tuple(trainer.config.model.mmtm_stages) == (1,)
+  assert trainer.config.model['class'] == 'mmjax.models.mmtm.MMTMClassifier'
+
+
 # ----- a whole model of the user's ---------------------------------------------------------
 
 class SumOfHeads(nn.Module):

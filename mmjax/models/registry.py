@@ -19,6 +19,7 @@ records an encoder (or a whole model) passed from Python in its ``config.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -184,19 +185,30 @@ def build_encoder(cfg: Mapping[str, Any], modality: str = '<modality>') -> nn.Mo
   return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
 
-def _describe_value(value: Any) -> Any:
+def _describe_value(value: Any, depth: int = 0) -> Any:
+  if depth > 8:
+    return repr(value)
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
   if isinstance(value, nn.Module):
     return describe(value)
   if isinstance(value, (list, tuple)):
-    return [_describe_value(v) for v in value]
+    return [_describe_value(v, depth + 1) for v in value]
   if isinstance(value, Mapping):
-    return {str(k): _describe_value(v) for k, v in value.items()}
+    return {str(k): _describe_value(v, depth + 1) for k, v in value.items()}
   if hasattr(value, 'tolist'):  # numpy and jax arrays, numpy scalars
     return value.tolist()
+  if isinstance(value, functools.partial):
+    return {'function': _describe_value(value.func, depth + 1),
+            'args': _describe_value(value.args, depth + 1),
+            'keywords': _describe_value(value.keywords, depth + 1)}
   if hasattr(value, '__qualname__') and hasattr(value, '__module__'):  # functions, classes
-    return f'{value.__module__}.{value.__qualname__}'
+    path = f'{value.__module__}.{value.__qualname__}'
+    closure = getattr(value, '__closure__', None)
+    if '<locals>' in value.__qualname__ and closure:  # e.g. nn.initializers.variance_scaling(...)
+      return {'function': path,
+              'closure': [_describe_value(c.cell_contents, depth + 1) for c in closure]}
+    return path
   return repr(value)
 
 
@@ -206,7 +218,9 @@ def describe(module: nn.Module) -> dict[str, Any]:
   ``{'name': NAME, **options}`` when its class is registered as ``NAME`` (the section then
   builds the same module), else ``{'name': '<object>', 'class': 'package.module.Class',
   **options}``. Options are the dataclass fields; submodules, functions and arrays among them
-  are described too (a submodule as its own section, a function by its import path).
+  are described too: a submodule as its own section, a function by its import path (with the
+  values it closes over for a nested one, such as an initializer, and the arguments of a
+  ``functools.partial``), an array as a list. Any other value is recorded by its ``repr``.
   """
   cls = type(module)
   fields = {k: _describe_value(getattr(module, k)) for k in module_options(cls)}
