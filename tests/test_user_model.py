@@ -378,7 +378,7 @@ def test_whole_model_with_wrong_outputs_is_refused_in_one_line(tmp_path):
     ('configs/cgmnist.py:encoder=mlp', 'color', 'dropout', '0.25'),
     ('configs/synthetic.py:encoder_b=cnn', 'b', 'features', '24'),
     ('configs/synthetic.py:encoder=test_tiny_staged', 'a', 'widths', '(4, 3)'),
-    ('configs/ucimf.py:views=fou+pix,encoder_pix=cnn', 'pix', 'features', '24'),
+    ('configs/ucimf.py:views=fou+pix,encoder_pix=test_tiny_staged', 'pix', 'widths', '(4, 3)'),
 ])
 def test_config_argument_switches_an_encoder_with_its_defaults(config_arg, modality, option, value):
   config, _, _ = main.parse_flags(

@@ -18,6 +18,11 @@ of :class:`ResNet18`). Convolutions pad by ``kernel // 2`` on each side, as PyTo
 ``padding=k//2`` in the reference implementations, so stride-2 layers see the same windows.
 
 Parameter tree of an encoder: ``stages_<i>/...`` for stage ``i`` and ``head/{kernel,bias}``.
+
+These are the built-in encoders of :data:`ENCODERS`. Any ``flax.linen`` module can be an
+encoder: late fusion needs only ``__call__(x, *, train) -> [B, features]``, MMTM the staged
+interface above (``stage_channels``, ``stages``, ``embed``), which
+:func:`mmjax.models.check_staged_encoder` checks; ``docs/your_model.md`` has the contract.
 """
 
 from __future__ import annotations
