@@ -1,7 +1,7 @@
 """A user's own encoders (defined in this file) trained by G-Blend and greedy learning.
 
 Each encoder goes in once registered by name and once as an object from Python, end to end
-through ``train_and_evaluate``; then the contract errors, the config arguments that switch an
+through ``train_and_evaluate`` (greedy by name: the example of ``docs/your_model.md``, run last); then the contract errors, the config arguments that switch an
 encoder's type in every config file, and ``parameter_groups`` on models of user encoders.
 """
 
@@ -136,18 +136,6 @@ def test_gblend_with_encoder_objects_records_them_and_refuses_other_objects(tmp_
     train.train_and_evaluate(config, workdir)
   train.train_and_evaluate(config, workdir, encoders=encoders)  # equal objects resume
   _check_trained(workdir, 'gblend')
-
-
-def test_greedy_with_a_registered_staged_encoder(tmp_path):
-  config = _small_greedy()
-  for m in ('a', 'b'):
-    config.model.encoders[m] = models.encoder_config('test_tiny_staged')
-  config.model.mmtm_stages = (0, 1)
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
-  _check_trained(workdir, 'greedy')
-  stored = _stored_config(workdir)['model']
-  assert stored['name'] == 'mmtm' and stored['encoders']['b']['name'] == 'test_tiny_staged'
 
 
 def test_greedy_with_staged_encoder_objects(tmp_path):
@@ -455,6 +443,18 @@ def test_docs_your_model_example_runs(tmp_path, monkeypatch, capsys):
   script = tmp_path / 'your_model_example.py'
   script.write_text(blocks[0])
   monkeypatch.chdir(root)
-  runpy.run_path(str(script), run_name='your_model_example')
+  namespace = runpy.run_path(str(script), run_name='your_model_example')
   out = capsys.readouterr().out
   assert out.count('gblend {') == 1 and out.count('greedy {') == 1
+  # The G-Blend run got its encoders as objects of a registered class: recorded by name.
+  gblend_dir = namespace['gblend_summary']['workdir']
+  assert _stored_config(gblend_dir)['model']['encoders'] == {
+      'a': {'name': 'doc_staged_mlp', 'widths': [32, 16], 'features': 8},
+      'b': {'name': 'doc_staged_mlp', 'widths': [16], 'features': 16}}
+  assert any('gblend/weight/a' in r for r in metrics.read_metrics(gblend_dir))
+  # Greedy learning named the encoder in the config: MMTM over it, re-balancing from epoch 2.
+  greedy_dir = namespace['greedy_summary']['workdir']
+  stored = _stored_config(greedy_dir)['model']
+  assert stored['name'] == 'mmtm'
+  assert stored['encoders']['b'] == {'name': 'doc_staged_mlp', 'widths': [24, 8], 'features': 16}
+  _check_trained(greedy_dir, 'greedy')
