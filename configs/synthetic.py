@@ -2,8 +2,10 @@
 
     python -m mmjax.main --config configs/synthetic.py:method=uniform,smoke --workdir /tmp/syn
 
-Arguments: method=NAME; smoke; seed=N; and the method options modality=NAME (unimodal),
-estimator=... (gblend), mode=... (greedy). The data options are set with
+Arguments: method=NAME; smoke; seed=N; encoder=NAME (both modalities; default mlp) and
+encoder_a=NAME, encoder_b=NAME (one modality), each with that encoder's defaults, then
+overridable with --config.model.encoders.<modality>.<option>=VALUE; and the method options
+modality=NAME (unimodal), estimator=... (gblend), mode=... (greedy). The data options are set with
 --config.data.KEY=VALUE, per modality for dim, signal (class separation), clusters_per_class
 (difficulty: 1 is linearly separable, K >= 2 an XOR-like layout), shortcut (a train-only
 label shortcut) and noise_dims (label-independent features appended), e.g.
@@ -12,14 +14,17 @@ label shortcut) and noise_dims (label-independent features appended), e.g.
 
 import ml_collections
 
-from mmjax import config_lib
+from mmjax import config_lib, models
 from mmjax.data import synthetic as synthetic_data
 
 MODALITIES = ('a', 'b')
+#: This data set's settings of the built-in encoders (the rest of their options at defaults).
+ENCODER_PRESETS = {'mlp': {'hidden': (64,), 'features': 32, 'dropout': 0.0}}
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, **config_lib.common_args())
+  args = config_lib.parse_arg(arg, **config_lib.common_args(
+      **models.encoder_args(MODALITIES, default='mlp')))
   config = config_lib.base_config()
   config.seed = args.seed
   per_modality = ('dim', 'signal', 'clusters_per_class', 'shortcut', 'noise_dims')
@@ -27,8 +32,7 @@ def get_config(arg=None):
              for k, v in synthetic_data.OPTIONS.items()}
   options['modalities'] = MODALITIES
   config.data = ml_collections.ConfigDict({'name': 'synthetic', **options})
-  config.model.encoders = {m: {'name': 'mlp', 'hidden': (64,), 'features': 32, 'dropout': 0.0}
-                           for m in MODALITIES}
+  config.model.encoders = models.encoder_sections(args, MODALITIES, ENCODER_PRESETS)
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-3
   config.batch_size = 64

@@ -113,9 +113,18 @@ def _check_positive_int(config: ml_collections.ConfigDict, key: str) -> int:
 
 
 class Trainer:
-  """What a run builds once: data, model, method, optimiser, mesh and compiled steps."""
+  """What a run builds once: data, model, method, optimiser, mesh and compiled steps.
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  ``encoders`` (modality -> ``flax.linen`` module) replaces those modalities' encoders of
+  ``config.model.encoders``; ``model`` replaces the whole model. ``self.config`` is then the
+  config that describes them (:func:`mmjax.models.config_with_objects`), as ``config.json`` holds
+  it. See ``docs/your_model.md``.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *,
+               encoders: Mapping[str, Any] | None = None, model: Any = None):
+    if encoders or model is not None:
+      config = models.config_with_objects(config, encoders=encoders, model=model)
     self.config = config
     for key in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps'):
       _check_positive_int(config, key)
@@ -127,19 +136,27 @@ class Trainer:
     dataset = data.get_dataset(config.data, seed=self.seed)
     method_cls = methods.get_method_class(config.method.name)
     self.modalities = method_cls.model_modalities(config.method, dataset.modalities)
-    model_config = copy.deepcopy(config.model)
-    encoders = dict(model_config.encoders)
-    missing = [m for m in dataset.modalities if m not in encoders]
-    if missing:
-      raise ValueError(f'model.encoders has no encoder for modality {missing[0]!r}; the data set '
-                       f'{dataset.name!r} has modalities {list(dataset.modalities)}.')
-    with model_config.unlocked():
-      model_config.encoders = {m: encoders[m] for m in self.modalities}
-    self.model = models.build_model(model_config, self.modalities, dataset.num_classes)
-    self.heads = tuple(self.model.heads)
+    if model is not None:
+      self.model = model
+      self.heads = tuple(getattr(model, 'heads', ()))
+    else:
+      model_config = copy.deepcopy(config.model)
+      encoder_configs = dict(model_config.encoders)
+      missing = [m for m in dataset.modalities if m not in encoder_configs]
+      if missing:
+        raise ValueError(f'model.encoders has no encoder for modality {missing[0]!r}; the data '
+                         f'set {dataset.name!r} has modalities {list(dataset.modalities)}.')
+      with model_config.unlocked():
+        model_config.encoders = {m: encoder_configs[m] for m in self.modalities}
+      self.model = models.build_model(
+          model_config, self.modalities, dataset.num_classes,
+          encoders={m: e for m, e in (encoders or {}).items() if m in self.modalities})
+      self.heads = tuple(self.model.heads)
     self.method = methods.build_method(config.method, self.heads, self.modalities)
     self.dataset = self.method.prepare_data(dataset, self.seed)
     self.input_shapes = {m: tuple(self.dataset.modality_shapes[m]) for m in self.modalities}
+    if model is not None:
+      models.check_model(model, self.modalities, dataset.num_classes, self.input_shapes)
 
     self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.data_sharding = NamedSharding(self.mesh, P('data'))
@@ -288,8 +305,14 @@ def _summary(workdir: str, heads: tuple[str, ...], selection_head: str) -> dict[
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after_epoch: int | None = None) -> dict[str, Any]:
+                       stop_after_epoch: int | None = None,
+                       encoders: Mapping[str, Any] | None = None,
+                       model: Any = None) -> dict[str, Any]:
   """Trains and evaluates the model described by ``config`` in ``workdir``.
+
+  ``encoders`` (modality -> ``flax.linen`` module) and ``model`` (a whole model) are objects of
+  the user's used instead of what ``config.model`` names (``docs/your_model.md``); the run's
+  ``config.json`` records their classes and options, and a resume must pass equal objects.
 
   Resumes from the latest checkpoint in ``workdir`` when there is one. ``stop_after_epoch``
   ends the run after that epoch's checkpoint, as a preemption would (tests use it).
@@ -299,6 +322,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   refused while this one runs.
   """
   config_lib.validate(config)
+  if encoders or model is not None:
+    try:
+      config = models.config_with_objects(config, encoders=encoders, model=model)
+    except ValueError as e:
+      raise UserError(str(e)) from e
   check_workdir(workdir, config)  # cheap, before the data set and the model are built
   if config.distributed:
     try:
@@ -308,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     # Everything is checked (data, model, method, optimiser, batch sizes against the data,
     # devices) before prepare_workdir writes anything.
-    trainer = Trainer(config)
+    trainer = Trainer(config, encoders=encoders, model=model)
     state = trainer.init_state()
   except UserError:
     raise

@@ -18,12 +18,16 @@ of :class:`ResNet18`). Convolutions pad by ``kernel // 2`` on each side, as PyTo
 ``padding=k//2`` in the reference implementations, so stride-2 layers see the same windows.
 
 Parameter tree of an encoder: ``stages_<i>/...`` for stage ``i`` and ``head/{kernel,bias}``.
+
+These are the built-in encoders of :data:`ENCODERS`. Any ``flax.linen`` module can be an
+encoder: late fusion needs only ``__call__(x, *, train) -> [B, features]``, MMTM the staged
+interface above (``stage_channels``, ``stages``, ``embed``), which
+:func:`mmjax.models.check_staged_encoder` checks; ``docs/your_model.md`` has the contract.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -253,34 +257,9 @@ class ResNet18(StagedEncoder):
     return _global_average_pool(x)
 
 
-ENCODERS: dict[str, type[StagedEncoder]] = {
+#: Encoder name -> module class; :func:`mmjax.models.register_encoder` adds to it.
+ENCODERS: dict[str, type[nn.Module]] = {
     'mlp': MLPEncoder,
     'cnn': SmallCNN,
     'resnet18': ResNet18,
 }
-
-
-def module_options(cls: type[nn.Module]) -> tuple[str, ...]:
-  """The constructor arguments of module class ``cls`` (Flax's ``parent``/``name`` left out)."""
-  return tuple(f.name for f in dataclasses.fields(cls)
-               if f.init and f.name not in ('parent', 'name'))
-
-
-def build_encoder(cfg: Mapping[str, Any]) -> nn.Module:
-  """The encoder ``ENCODERS[cfg['name']]`` built with the other keys of ``cfg`` as arguments.
-
-  Lists in ``cfg`` (e.g. ``hidden`` given on the command line) become tuples.
-  """
-  cfg = dict(cfg)
-  if 'name' not in cfg:
-    raise ValueError(f"encoder config {cfg} has no 'name'; valid names are {sorted(ENCODERS)}.")
-  name = cfg.pop('name')
-  if name not in ENCODERS:
-    raise ValueError(f'encoder name {name!r} is not an encoder; valid names are {sorted(ENCODERS)}.')
-  cls = ENCODERS[name]
-  options = module_options(cls)
-  for key in cfg:
-    if key not in options:
-      raise ValueError(
-          f'{key!r} is not an option of encoder {name!r}; its options are {list(options)}.')
-  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})

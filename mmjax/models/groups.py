@@ -14,6 +14,10 @@ Methods use these labels, never parameter names: G-Blend's per-step estimator gi
 parameters their head's coefficient, and refuses a model with fusion parameters (its unimodal
 heads then read other branches, so a unimodal estimation copy is not unimodal); greedy learning
 sums ``theta_m`` (branch and head of ``m``) and ``theta'_m`` (``'fusion/<m>'`` and ``'fusion'``).
+
+A whole model of a user's provides ``parameter_groups`` with these labels (and a
+``'branch/<m>'`` group for every modality); :func:`mmjax.models.check_parameter_groups` checks
+it when the run starts (``docs/your_model.md``).
 """
 
 from __future__ import annotations

@@ -111,6 +111,11 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
     scales = head_grad_scale or {}
     self._check_scales(scales)
     features = {m: self.encoders[m](inputs[m], train=train) for m in self.modalities}
+    for m, f in features.items():
+      if jnp.ndim(f) != 2:
+        raise ValueError(
+            f'the encoder of modality {m!r} ({type(self.encoders[m]).__name__}) returned shape '
+            f'{jnp.shape(f)}; late fusion needs [batch, features] from every encoder.')
 
     def for_head(h: str, x: Array) -> Array:
       return scale_gradient(x, scales[h]) if h in scales else x

@@ -129,11 +129,16 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
     if list(self.mmtm_stages) != sorted(set(self.mmtm_stages)):
       raise ValueError(f'model.mmtm_stages = {tuple(self.mmtm_stages)} must be increasing.')
     for m, encoder in self.encoders.items():
-      bad = [i for i in self.mmtm_stages if not 0 <= i < encoder.num_stages]
+      if not all(hasattr(type(encoder), a) for a in ('stage_channels', 'embed')):
+        raise ValueError(
+            f'the encoder of modality {m!r} ({type(encoder).__name__}) is not a staged encoder: '
+            'MMTM needs stage_channels, stages and embed (see mmjax.models.check_staged_encoder).')
+      num_stages = len(encoder.stage_channels)
+      bad = [i for i in self.mmtm_stages if not 0 <= i < num_stages]
       if bad:
         raise ValueError(
             f'model.mmtm_stages = {tuple(self.mmtm_stages)}: the encoder of modality {m!r} has '
-            f'stages 0..{encoder.num_stages - 1}, so there is no stage {bad[0]}.')
+            f'stages 0..{num_stages - 1}, so there is no stage {bad[0]}.')
     if not (isinstance(self.mmtm_ratio, int) and self.mmtm_ratio > 0):
       raise ValueError(f'model.mmtm_ratio = {self.mmtm_ratio!r} must be a positive integer.')
     super().__post_init__()
@@ -201,6 +206,7 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
     for i in range(max(self.mmtm_stages) + 1):
       x = {m: self.encoders[m].stages[i](x[m], train=train) for m in self.modalities}
       if i in position:
+        self._check_stage_channels(x, i)
         j = position[i]
         x = self.mmtm[j](
             x, rebalance=rebalance,
@@ -214,7 +220,20 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
       for stage in encoder.stages[max(self.mmtm_stages) + 1:]:
         h = stage(h, train=train)
       features = encoder.embed(h, train=train)
+      if features.ndim != 2:
+        raise ValueError(
+            f'the encoder of modality {m!r} ({type(encoder).__name__}): embed returned shape '
+            f'{features.shape}; it must return [batch, features].')
       logits[m] = self.head[m](scale_gradient(features, scales[m]) if m in scales else features)
     to_fused = [scale_gradient(logits[m], scales[FUSED]) if FUSED in scales else logits[m]
                 for m in self.modalities]
     return {FUSED: sum(to_fused) / len(to_fused), **logits}
+
+  def _check_stage_channels(self, features: Mapping[str, Array], stage: int) -> None:
+    for m, x in features.items():
+      expected = self.encoders[m].stage_channels[stage]
+      if x.ndim < 2 or x.shape[-1] != expected:
+        raise ValueError(
+            f'the encoder of modality {m!r} ({type(self.encoders[m]).__name__}): stage {stage} '
+            f'returned shape {x.shape}, but its stage_channels[{stage}] = {expected}; the MMTM '
+            'there scales the last axis, so stage_channels must give its size.')
