@@ -16,9 +16,12 @@ same for any number of workers.
 
 from __future__ import annotations
 
+import importlib.machinery
+import sys
 import weakref
 from typing import Any, Iterator
 
+import cloudpickle
 import grain
 import jax
 import numpy as np
@@ -44,10 +47,31 @@ def _host_rows(global_size: int, process_index: int, process_count: int) -> slic
   return slice(process_index * rows, (process_index + 1) * rows)
 
 
-def _in_workers(dataset: grain.MapDataset, worker_count: int) -> Iterator[Any]:
-  """An iterator over ``dataset`` whose elements ``worker_count`` Grain processes compute."""
+def _send_functions_by_value(split: Any) -> None:
+  """Lets Grain's workers unpickle ``split``'s preprocess and augment functions.
+
+  Grain sends the pipeline to its workers with cloudpickle, which pickles a function by
+  reference (module and name) when its module is loaded. A module that a worker cannot import by
+  name, such as a config file (ml_collections loads it as ``config_config``), is registered with
+  cloudpickle to be pickled by value instead.
+  """
+  functions = [*getattr(split, 'preprocess', {}).values(), *getattr(split, 'augment', {}).values()]
+  for function in functions:
+    name = getattr(function, '__module__', None)
+    if name is None or name == '__main__' or name not in sys.modules:
+      continue
+    top_level = name.split('.')[0]
+    if (top_level not in sys.builtin_module_names
+        and importlib.machinery.PathFinder.find_spec(top_level) is None):
+      cloudpickle.register_pickle_by_value(sys.modules[name])
+
+
+def _in_workers(dataset: grain.MapDataset, worker_count: int, split: Any) -> Iterator[Any]:
+  """An iterator over ``dataset`` (batches of ``split``) that ``worker_count`` Grain processes
+  compute."""
   if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; a library caller parsed none
     flags.FLAGS.mark_as_parsed()
+  _send_functions_by_value(split)
   options = grain.MultiprocessingOptions(num_workers=worker_count)
   return iter(dataset.to_iter_dataset().mp_prefetch(options))
 
@@ -124,6 +148,7 @@ class TrainIterator:
                                   else worker_count, 0)
     self.steps_per_epoch = len(split) // self.batch_size
     self._num_examples = len(split)
+    self._split = split
     grain_seed = derive_seed(self.seed)
     self._batches = (grain.MapDataset.range(len(split))
                      .shuffle(seed=grain_seed)
@@ -153,7 +178,8 @@ class TrainIterator:
       batch = self._batches[self._step]
     else:
       if self._workers is None:
-        self._workers = _in_workers(self._batches[self._step:], self.worker_count)
+        self._workers = _in_workers(self._batches[self._step:], self.worker_count,
+                                    self._split)
         self._close_workers = weakref.finalize(self, self._workers.close)
       batch = next(self._workers)
     self._step += 1
@@ -203,15 +229,15 @@ def eval_batches(split: Any, batch_size: int, *, worker_count: int | None = None
   num_batches = -(-len(split) // batch_size)
   batches = grain.MapDataset.range(num_batches).map(
       _ReadEvalBatch(split, batch_size, process_index, process_count))
-  return _eval_pass(batches, worker_count)
+  return _eval_pass(batches, worker_count, split)
 
 
-def _eval_pass(batches: grain.MapDataset, worker_count: int
+def _eval_pass(batches: grain.MapDataset, worker_count: int, split: Any
                ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
   if not worker_count:
     yield from batches
     return
-  iterator = _in_workers(batches, worker_count)
+  iterator = _in_workers(batches, worker_count, split)
   try:
     yield from iterator
   finally:
