@@ -325,6 +325,7 @@ def test_from_records_takes_given_labels_without_reading_them():
     (dict(test=[{'img': np.zeros(4), 'vec': np.array([0, np.nan, 0]), 'y': 0}]),
      r"The test split: record 0 gives NaN or infinite 'vector' inputs \(key 'vec'\)"),
     (dict(test=[]), 'The test split has no examples'),
+    (dict(test=[np.zeros(3)]), 'The test split: record 0 is a ndarray, not a mapping'),
     (dict(val=[{'img': np.zeros(4), 'vec': np.zeros(3), 'y': 1.5}]),
      'The val split: labels must be a 1-D integer array, got float64'),
     (dict(num_classes=2), r'The train split has label 2 at example 2, outside \[0, 2\)'),
@@ -342,7 +343,7 @@ def test_from_records_refuses_bad_records_naming_split_and_key(change, message):
 def test_a_bad_record_met_later_names_its_split_and_record():
   sources, dataset = record_dataset()
   sources['train'][17]['img'] = np.zeros(9, np.uint8)
-  with pytest.raises(ValueError, match=r"The train split: example 17 has 'image' of shape \(9,\)"):
+  with pytest.raises(ValueError, match=r"The train split: record 17 gives 'image' of shape \(9,\)"):
     dataset.splits['train'].batch(np.array([3, 17]))
 
 

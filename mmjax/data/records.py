@@ -98,7 +98,7 @@ class RecordSplit:
   def label(self) -> np.ndarray:
     """int32 ``[N]``, read from the records' ``label_key`` once (or as given)."""
     if self._label is None:
-      labels = [self._field(self._record(i), self.label_key, i) for i in self.indices]
+      labels = [self._field(self.source[int(p)], self.label_key, p) for p in self.indices]
       try:
         labels = np.asarray(labels)
       except ValueError as e:
@@ -114,7 +114,8 @@ class RecordSplit:
       if not len(self):
         raise ValueError(f'The {self.split_name} split has no examples; every split needs at '
                          'least one.')
-      first = self._example(0, None)
+      position = int(self.indices[0])
+      first = self._example(self.source[position], position, None)
       self._shapes = {m: tuple(x.shape) for m, x in first.items()}
     return dict(self._shapes)
 
@@ -136,36 +137,38 @@ class RecordSplit:
     ``rngs`` is given (training batches).
     """
     indices = np.asarray(indices, dtype=np.int64)
-    examples = [self._example(int(i), None if rngs is None else rngs[row])
-                for row, i in enumerate(indices)]
+    positions = [int(self.indices[i]) for i in indices]
+    if hasattr(self.source, '__getitems__'):  # one read for the batch (ArrayRecord, TFDS)
+      records = list(self.source.__getitems__(positions))
+    else:
+      records = [self.source[p] for p in positions]
+    examples = [self._example(record, p, None if rngs is None else rngs[row])
+                for row, (record, p) in enumerate(zip(records, positions))]
     shapes = self.modality_shapes
     inputs = {}
     for modality in self.features:
-      for i, example in zip(indices, examples):
+      for position, example in zip(positions, examples):
         if example[modality].shape != shapes[modality]:
-          raise ValueError(f'The {self.split_name} split: example {int(i)} has {modality!r} of '
-                           f'shape {example[modality].shape}, but the first has '
+          raise ValueError(f'The {self.split_name} split: record {position} gives {modality!r} of '
+                           f'shape {example[modality].shape}, but the first record gives '
                            f'{shapes[modality]}; every example needs the same shape.')
       inputs[modality] = np.stack([example[modality] for example in examples])
     return {'inputs': inputs, 'label': self.label[indices]}
 
-  def _record(self, position: int) -> Mapping[str, Any]:
-    record = self.source[int(position)]
+  def _field(self, record: Any, key: str, position: int) -> Any:
+    """``record[key]``; a ``ValueError`` naming the split, record and key when it has none."""
     if not isinstance(record, Mapping):
       raise ValueError(f'The {self.split_name} split: record {int(position)} is a '
                        f'{type(record).__name__}, not a mapping of keys to arrays.')
-    return record
-
-  def _field(self, record: Mapping[str, Any], key: str, position: int) -> Any:
     if key not in record:
       raise ValueError(f'The {self.split_name} split: record {int(position)} has no key {key!r}; '
                        f'its keys are {sorted(record)}.')
     return record[key]
 
-  def _example(self, i: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-    """Example ``i`` of this split: preprocessed (and augmented with ``rng``) float32 arrays."""
-    position = int(self.indices[i])
-    record = self._record(position)
+  def _example(self, record: Any, position: int, rng: np.random.Generator | None
+               ) -> dict[str, np.ndarray]:
+    """Record ``position`` of the source as preprocessed (and, with ``rng``, augmented) float32
+    arrays, ``{modality: x}``."""
     example = {}
     for modality, key in self.features.items():
       x = np.asarray(self._field(record, key, position))
