@@ -28,6 +28,8 @@ import numpy as np
 from mmjax.data.arrays import check_labels, resolve_num_classes
 from mmjax.data.dataset import SPLITS, MultiModalDataset, check_int, check_modalities
 
+_LABEL_CHUNK = 1024  # records read at once when the labels are read
+
 Preprocess = Callable[[np.ndarray], Any]
 Augment = Callable[[np.ndarray, np.random.Generator], Any]
 
@@ -98,7 +100,11 @@ class RecordSplit:
   def label(self) -> np.ndarray:
     """int32 ``[N]``, read from the records' ``label_key`` once (or as given)."""
     if self._label is None:
-      labels = [self._field(self.source[int(p)], self.label_key, p) for p in self.indices]
+      positions = [int(p) for p in self.indices]
+      labels = [self._field(record, self.label_key, p)
+                for start in range(0, len(positions), _LABEL_CHUNK)
+                for p, record in zip(positions[start:start + _LABEL_CHUNK],
+                                     self._read(positions[start:start + _LABEL_CHUNK]))]
       try:
         labels = np.asarray(labels)
       except ValueError as e:
@@ -138,10 +144,7 @@ class RecordSplit:
     """
     indices = np.asarray(indices, dtype=np.int64)
     positions = [int(self.indices[i]) for i in indices]
-    if hasattr(self.source, '__getitems__'):  # one read for the batch (ArrayRecord, TFDS)
-      records = list(self.source.__getitems__(positions))
-    else:
-      records = [self.source[p] for p in positions]
+    records = self._read(positions)
     examples = [self._example(record, p, None if rngs is None else rngs[row])
                 for row, (record, p) in enumerate(zip(records, positions))]
     shapes = self.modality_shapes
@@ -154,6 +157,13 @@ class RecordSplit:
                            f'{shapes[modality]}; every example needs the same shape.')
       inputs[modality] = np.stack([example[modality] for example in examples])
     return {'inputs': inputs, 'label': self.label[indices]}
+
+  def _read(self, positions: list[int]) -> list[Any]:
+    """The source's records at ``positions``, in one read when the source can (ArrayRecord and
+    TFDS sources have ``__getitems__``)."""
+    if hasattr(self.source, '__getitems__'):
+      return list(self.source.__getitems__(positions))
+    return [self.source[p] for p in positions]
 
   def _field(self, record: Any, key: str, position: int) -> Any:
     """``record[key]``; a ``ValueError`` naming the split, record and key when it has none."""
