@@ -72,7 +72,10 @@ class RecordSplit:
     self.worker_count = check_int('worker_count', worker_count, 0)
     self.indices = (np.arange(len(source), dtype=np.int64) if indices is None
                     else np.asarray(indices, dtype=np.int64))
-    self._label = None if labels is None else check_labels(split_name, labels).astype(np.int32)
+    self._label = None
+    if labels is not None:
+      self._label = check_labels(split_name, labels).astype(np.int32)
+      self._label.flags.writeable = False
     if self._label is not None and len(self._label) != len(self.indices):
       raise ValueError(f'The {split_name} split: {len(self._label)} labels given for '
                        f'{len(self.indices)} records.')
@@ -111,6 +114,7 @@ class RecordSplit:
         raise ValueError(f'The {self.split_name} split: the records\' {self.label_key!r} values '
                          f'are not one integer each ({e}).') from e
       self._label = check_labels(self.split_name, labels).astype(np.int32)
+      self._label.flags.writeable = False
     return self._label
 
   @property
