@@ -440,10 +440,10 @@ def record_config(tiny_config, method, **method_options):
 
 def test_gblend_on_record_splits_resumes_bit_identically(tiny_config, tmp_path):
   """G-Blend's held-out slice (``stratified_split`` on the records' labels, ``take``) and its
-  estimation streams run on record splits; a run stopped after epoch 1 and resumed equals an
-  uninterrupted one."""
-  config = record_config(tiny_config, 'gblend', estimator='online')
-  config.method.update({'warmup_epochs': 1, 'super_epoch': 1})
+  held-out batch stream run on augmented record splits; a run stopped after epoch 1 and resumed
+  equals an uninterrupted one."""
+  config = record_config(tiny_config, 'gblend', estimator='gradient')
+  config.method.update({'every_steps': 2})
   config.num_epochs = 2
   full, _ = assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch=1)
   assert any('gblend/weight/vector' in r for r in metrics.read_metrics(full))
