@@ -11,8 +11,8 @@ directory: absent, a finished run, a file, a garbled ``config.json``, ... The ca
 exit code is 2, stderr is exactly one line starting ``mmjax: error:`` and holding the expected
 words, and the folder around the workdir is byte-for-byte unchanged: the same paths, kinds, sizes,
 modification times and SHA-256 of every file, the folder itself included. The in-process-only
-cases register a data set with a defect (NaN inputs, a bad label, an empty split, ...) in
-``mmjax.data.DATASETS``, as a user adds their own data set.
+cases register a data set with a defect (NaN inputs, a bad label, an empty split, ...) with
+``mmjax.data.register``, as a user adds their own data set.
 
 ``tests/test_bad_input.py`` runs a fast subset of these cases.
 """
@@ -241,9 +241,9 @@ SUBPROCESS_SAMPLE = ('no arguments', 'unknown nested key', 'config file syntax e
 # ----- data sets with a defect ----------------------------------------------------------------
 
 
-def _defect_module(name: str, corrupt: Callable[[dict], None]):
-  """A data-set module: the synthetic data set, then ``corrupt`` on its splits' plain arrays."""
-  from mmjax.data import dataset as dataset_lib  # pylint: disable=import-outside-toplevel
+def _defect_builder(name: str, corrupt: Callable[[dict], None]):
+  """A data-set builder: the synthetic data set, then ``corrupt`` on its splits' plain arrays."""
+  from mmjax import data  # pylint: disable=import-outside-toplevel
   from mmjax.data import synthetic  # pylint: disable=import-outside-toplevel
 
   def build(seed, **options):
@@ -251,11 +251,10 @@ def _defect_module(name: str, corrupt: Callable[[dict], None]):
     arrays = {s: {'inputs': {m: np.array(x) for m, x in split.inputs.items()},
                   'label': np.array(split.label)} for s, split in clean.splits.items()}
     corrupt(arrays)
-    splits = {s: dataset_lib.Split(a['inputs'], a['label']) for s, a in arrays.items()}
-    return dataset_lib.MultiModalDataset(name, clean.modalities, clean.num_classes, splits)
+    splits = {s: data.Split(a['inputs'], a['label']) for s, a in arrays.items()}
+    return data.MultiModalDataset(name, clean.modalities, clean.num_classes, splits)
 
-  return type('DefectModule', (), {'NAME': name, 'OPTIONS': synthetic.OPTIONS,
-                                   'build': staticmethod(build)})
+  return build
 
 
 def _set(path: tuple, value) -> Callable[[dict], None]:
@@ -291,17 +290,13 @@ DEFECTS = {
 }
 
 
-@contextlib.contextmanager
-def defects_registered() -> Iterator[None]:
-  """The data sets of :data:`DEFECTS` in ``mmjax.data.DATASETS`` for the duration of the block."""
+def register_defects() -> None:
+  """Registers the data sets of :data:`DEFECTS` with ``mmjax.data.register`` (again: the same
+  builders replace themselves)."""
   from mmjax import data  # pylint: disable=import-outside-toplevel
-  added = [name for name in DEFECTS if name not in data.DATASETS]
-  data.DATASETS.update({name: _defect_module(name, DEFECTS[name]) for name in added})
-  try:
-    yield
-  finally:
-    for name in added:
-      del data.DATASETS[name]
+  from mmjax.data import synthetic  # pylint: disable=import-outside-toplevel
+  for name, corrupt in DEFECTS.items():
+    data.register(name, options=synthetic.OPTIONS)(_defect_builder(name, corrupt))
 
 
 # ----- run directories ------------------------------------------------------------------------
@@ -351,7 +346,8 @@ def _run_cli(argv: list[str], subprocess_mode: bool) -> tuple[int, str]:
   cwd = os.getcwd()
   os.chdir(ROOT)
   try:
-    with defects_registered(), _captured_stderr() as stderr_text:
+    register_defects()
+    with _captured_stderr() as stderr_text:
       code = main.main(argv)
   finally:
     os.chdir(cwd)

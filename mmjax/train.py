@@ -204,7 +204,8 @@ class Trainer:
                          f'for {shape}.')
 
   def shard(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Puts a host batch on the mesh, split over the ``data`` axis (model modalities only)."""
+    """Puts this host's rows of a global batch on the mesh, split over the ``data`` axis
+    (model modalities only)."""
     self.check_batch(batch)
     host = dict(batch)
     host['inputs'] = {m: batch['inputs'][m] for m in self.modalities}
@@ -213,15 +214,16 @@ class Trainer:
     return sharded
 
   def put_global(self, x: Any) -> jax.Array:
-    """Shards a global host array over the ``data`` axis; each host passes its own rows.
+    """This host's rows ``x`` of a global array, as the global array sharded over ``data``.
 
-    Every host iterates the same global batches and contributes its slice, so several hosts
-    (``jax.distributed``) see the same data as one.
+    Every host reads only its own rows of each global batch (``data.TrainIterator`` and
+    ``data.eval_batches`` give process ``p`` of ``P`` rows ``[p B / P, (p + 1) B / P)``), so the
+    global array has ``P`` times the rows of ``x``; several hosts (``jax.distributed``) see the
+    same data as one.
     """
     x = np.asarray(x)
-    rows = x.shape[0] // jax.process_count()
-    local = x[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-    return jax.make_array_from_process_local_data(self.data_sharding, local, x.shape)
+    global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+    return jax.make_array_from_process_local_data(self.data_sharding, x, global_shape)
 
   def next_batch(self) -> dict[str, Any]:
     return self.shard(self.method.extend_batch(next(self.train_iterator)))

@@ -83,7 +83,7 @@ def test_expected_shapes_and_sizes():
 def test_dataset_is_deterministic_in_the_seed(name):
   first = build(seed=3, **SMALL_CONFIGS[name])
   assert build(seed=3, **SMALL_CONFIGS[name]) is first  # cached
-  data.DATASETS[name].build.cache_clear()
+  data.registered()[name].build.cache_clear()
   assert_same_dataset(build(seed=3, **SMALL_CONFIGS[name]), first)
   other = build(seed=4, **SMALL_CONFIGS[name])
   m = first.modalities[0]

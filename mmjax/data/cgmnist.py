@@ -42,6 +42,7 @@ import numpy as np
 from mmjax.data.dataset import (SPLITS, MultiModalDataset, Split, check_choice, check_float,
                                 check_fraction, check_int, derive_seed, stratified_split,
                                 three_way_split)
+from mmjax.data.registry import register
 
 NAME = 'cgmnist'
 MODALITIES = ('gray', 'color')
@@ -90,6 +91,7 @@ strong but imperfect shortcut and a network must learn some shape too.
 _STREAM_VAL, _STREAM_SUBSAMPLE, _STREAM_COLOR, _STREAM_VAL_COLOR_CLASS = 1, 2, 3, 4
 
 
+@register(NAME, options=OPTIONS)
 @functools.lru_cache(maxsize=4)
 def build(seed: int, source: str, val_fraction: float, test_fraction: float,
           color_variance: float, max_train_examples: int | None,

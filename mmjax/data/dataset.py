@@ -61,13 +61,31 @@ class Split:
   def __len__(self) -> int:
     return self.label.shape[0]
 
+  worker_count = 0
+  """Grain worker processes that read its batches: none, the arrays are in memory."""
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.inputs)
+
+  @property
+  def modality_shapes(self) -> dict[str, tuple[int, ...]]:
+    """The shape of one example of each modality, ``{modality: shape}``."""
+    return {m: tuple(x.shape[1:]) for m, x in self.inputs.items()}
+
   def take(self, indices: Sequence[int] | np.ndarray) -> Split:
     """The examples at ``indices``, in that order, as a new split."""
     indices = np.asarray(indices, dtype=np.int64)
     return Split({m: x[indices] for m, x in self.inputs.items()}, self.label[indices])
 
-  def batch(self, indices: np.ndarray) -> dict[str, Any]:
-    """The examples at ``indices`` as a batch ``{'inputs': {modality: x}, 'label': y}``."""
+  def batch(self, indices: np.ndarray, rngs: Sequence[np.random.Generator] | None = None
+            ) -> dict[str, Any]:
+    """The examples at ``indices`` as a batch ``{'inputs': {modality: x}, 'label': y}``.
+
+    ``rngs`` (one generator per example, for train-time augmentation) is not used: in-memory
+    splits are not augmented.
+    """
+    del rngs
     return {'inputs': {m: x[indices] for m, x in self.inputs.items()},
             'label': self.label[indices]}
 
@@ -80,34 +98,46 @@ class MultiModalDataset:
     name: the data set's name, as given to ``get_dataset``.
     modalities: the modality names, in the order of the config.
     num_classes: labels lie in ``[0, num_classes)``.
-    splits: ``{'train', 'val', 'test'}`` -> :class:`Split`.
+    splits: ``{'train', 'val', 'test'}`` -> a split: an in-memory :class:`Split` or a
+      record-backed :class:`~mmjax.data.records.RecordSplit`. Both offer what the rest of mmjax
+      reads: ``len``, ``label`` (int32 ``[N]``), ``modalities``, ``modality_shapes``,
+      ``take(indices)``, ``batch(indices, rngs=None)`` and ``worker_count``.
   """
 
   name: str
   modalities: tuple[str, ...]
   num_classes: int
-  splits: dict[str, Split]
+  splits: dict[str, Any]
 
   def __post_init__(self):
     if tuple(self.splits) != SPLITS:
       raise ValueError(f'splits must be {SPLITS} in that order, got {tuple(self.splits)}.')
     for split_name, split in self.splits.items():
       check_split(split_name, split, self.modalities, self.num_classes)
+    shapes = self.modality_shapes
+    for split_name, split in self.splits.items():
+      for modality, shape in split.modality_shapes.items():
+        if tuple(shape) != tuple(shapes[modality]):
+          raise ValueError(f'The {split_name} split has {modality!r} examples of shape '
+                           f'{tuple(shape)}, but the train split has {tuple(shapes[modality])}; '
+                           'every split needs the same per-example shapes.')
 
   @property
   def modality_shapes(self) -> dict[str, tuple[int, ...]]:
     """The shape of one example of each modality, ``{modality: shape}``."""
-    return {m: x.shape[1:] for m, x in self.splits['train'].inputs.items()}
+    return dict(self.splits['train'].modality_shapes)
 
 
-def check_split(split_name: str, split: Split, modalities: Sequence[str], num_classes: int) -> None:
+def check_split(split_name: str, split: Any, modalities: Sequence[str], num_classes: int) -> None:
   """Checks a split at the door: its modalities, at least one example, labels in
-  ``[0, num_classes)``, finite inputs; a ``ValueError`` names the split, modality and example.
+  ``[0, num_classes)``, per-example shapes equal to the train split's, and, for in-memory
+  splits, finite inputs (record splits check each example as they read it); a ``ValueError``
+  names the split, modality and example.
 
   Vectorised: one pass over each array.
   """
-  if tuple(split.inputs) != tuple(modalities):
-    raise ValueError(f'The {split_name} split has modalities {tuple(split.inputs)}; '
+  if tuple(split.modalities) != tuple(modalities):
+    raise ValueError(f'The {split_name} split has modalities {tuple(split.modalities)}; '
                      f'expected {tuple(modalities)}.')
   if not len(split):
     raise ValueError(f'The {split_name} split has no examples; every split needs at least one.')
@@ -115,6 +145,8 @@ def check_split(split_name: str, split: Split, modalities: Sequence[str], num_cl
   if bad.size:
     raise ValueError(f'The {split_name} split has {bad.size} labels outside [0, {num_classes}), '
                      f'the first {int(split.label[bad[0]])} at example {bad[0]}.')
+  if not isinstance(split, Split):
+    return
   for modality, x in split.inputs.items():
     finite = np.isfinite(x).reshape(len(split), -1).all(axis=1)
     if not finite.all():

@@ -45,6 +45,7 @@ import numpy as np
 
 from mmjax.data.dataset import (SPLITS, MultiModalDataset, Split, check_float, check_int,
                                 check_modalities, derive_seed, per_modality)
+from mmjax.data.registry import register
 
 NAME = 'synthetic'
 
@@ -66,6 +67,7 @@ OPTIONS = {
 _STREAM_LABELS, _STREAM_CENTRES, _STREAM_EXAMPLES = range(3)
 
 
+@register(NAME, options=OPTIONS)
 @functools.lru_cache(maxsize=8)
 def build(seed: int, modalities: tuple[str, ...], num_classes: int, num_train: int,
           num_val: int, num_test: int, dim: int | tuple[int, ...],

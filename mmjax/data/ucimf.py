@@ -33,6 +33,7 @@ import numpy as np
 
 from mmjax.data.dataset import (SPLITS, MultiModalDataset, Split, check_fraction, check_modalities,
                                 three_way_split)
+from mmjax.data.registry import register
 
 NAME = 'ucimf'
 VIEWS = ('fou', 'fac', 'kar', 'pix', 'zer', 'mor')
@@ -48,6 +49,7 @@ OPTIONS = {
 _MIN_STD = 1e-6
 
 
+@register(NAME, options=OPTIONS)
 @functools.lru_cache(maxsize=8)
 def build(seed: int, modalities: tuple[str, ...], val_fraction: float,
           test_fraction: float) -> MultiModalDataset:
