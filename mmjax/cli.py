@@ -75,9 +75,9 @@ def _summary(obj: Any) -> str:
 
 
 def dataset_entries() -> list[Entry]:
-  """The data sets of the registry ``mmjax.data.DATASETS``, with their options' defaults."""
-  return [Entry(name, _summary(module), dict(module.OPTIONS))
-          for name, module in sorted(data.DATASETS.items())]
+  """The data sets of the registry (:func:`mmjax.data.registered`), with their options' defaults."""
+  return [Entry(name, builder.description, dict(builder.options))
+          for name, builder in sorted(data.registered().items())]
 
 
 def method_entries() -> list[Entry]:
