@@ -55,6 +55,10 @@ non-finite ``dG`` or ``dO`` from an estimation stops the run naming the head.
 Weights, ``dG``, ``dO`` and ``OGR`` per head are in the method state and logged as
 ``gblend/weight/<head>``, ``gblend/delta_g/<head>``, ``gblend/delta_o/<head>`` and
 ``gblend/ogr/<head>``. They are arrays in the train state: changing them never recompiles.
+
+The estimators are the pure functions of :mod:`mmjax.methods.gblend_fn` (``measure_deltas``,
+``per_head_statistics``, ``blend_head_gradients``, ``ema_update``, ``weights_from_ema``), which a
+train loop of your own can call without this class.
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ Logged keys (``<m>`` a modality): ``greedy/speed/<m>`` = ``s(others | m)``, ``gr
 ``greedy/d_util`` with val and test. With more than two modalities ``d_speed`` and ``d_util``
 are replaced by ``greedy/speed_spread`` (``max - min`` of the speeds) and
 ``greedy/util_spread``.
+
+The formulas and state updates are the pure functions of :mod:`mmjax.methods.greedy_fn`, which
+a train loop of your own can call without this class.
 """
 
 from __future__ import annotations
