@@ -411,29 +411,28 @@ plt.show()
 #
 # `u(others | m_k) = (A(f) - A(f'_k)) / A(f)` (Sec. 4.1): `f'_k` is the same network whose
 # branch-`k` MMTMs see the other modality's squeeze replaced by its mean over the training set.
-# `greedy_fn.squeeze_sums` collects that mean, `greedy_fn.unimodal_outputs` runs every `f'_k`
-# through your model's `unimodal`/`mean_squeeze` arguments. A network that relies on one
+# `greedy_fn.squeeze_sums` collects that mean, `greedy_fn.unimodal_accuracy` runs every `f'_k`
+# through your model's `unimodal`/`mean_squeeze` arguments and scores it. A network that relies on one
 # modality shows a large gap between the two rates.
 
 # %%
 def utilization(params):
   variables = {'params': params}
-  totals = jax.jit(lambda v, x: greedy_fn.squeeze_sums(
-      mid_fusion.apply, v, x, jnp.ones(len(train_data['label'])), MODALITIES))(
-          variables, train_data['inputs'])
+  totals = greedy_fn.squeeze_sums(mid_fusion.apply, variables, train_data['inputs'],
+                                  jnp.ones(len(train_data['label'])), MODALITIES)
   mean_squeeze = jax.tree.map(lambda s: s / totals['count'], totals['sums'])
-  unimodal = greedy_fn.unimodal_outputs(mid_fusion.apply, variables, test_data['inputs'],
-                                        mean_squeeze, MODALITIES)
+  unimodal_accuracy = {m: float(a) for m, a in greedy_fn.unimodal_accuracy(
+      mid_fusion.apply, variables, test_data['inputs'], test_data['label'], mean_squeeze,
+      MODALITIES).items()}
   fused = mid_fusion.apply(variables, test_data['inputs'])['fused']
-  accuracy = lambda logits: float((logits.argmax(-1) == test_data['label']).mean())
-  unimodal_accuracy = {m: accuracy(unimodal[m]) for m in MODALITIES}
-  return accuracy(fused), unimodal_accuracy, greedy_fn.conditional_utilization_rate(
-      accuracy(fused), unimodal_accuracy)
+  fused_accuracy = float((fused.argmax(-1) == test_data['label']).mean())
+  return fused_accuracy, unimodal_accuracy, greedy_fn.conditional_utilization_rate(
+      fused_accuracy, unimodal_accuracy)
 
 
-for mode, (params, _, _, _) in runs.items():
-  fused_accuracy, unimodal_accuracy, rates = utilization(params)
+for mode, (trained, _, _, _) in runs.items():
+  fused_accuracy, unimodal, rates = utilization(trained)
   print(f"{mode:6s} A(f) = {fused_accuracy:.3f}  "
-        f"A(f'_k) = { {m: round(a, 3) for m, a in unimodal_accuracy.items()} }  "
+        f"A(f'_k) = { {m: round(a, 3) for m, a in unimodal.items()} }  "
         f"u = { {m: round(u, 3) for m, u in rates.items()} }  d_util = "
         f"{rates['audio'] - rates['video']:+.3f}")

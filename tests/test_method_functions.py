@@ -216,6 +216,30 @@ def test_mmtm_sown_orders_modules_naturally():
   assert [float(x[0, 0]) for x in out['b']] == [-0.5, -1.5, -2.0, -10.0]
 
 
+def test_unimodal_accuracy_by_hand():
+  def apply_fn(variables, inputs, *, unimodal, mean_squeeze, scale):
+    # f'_a predicts class 0 everywhere; f'_b predicts row i's class from mean_squeeze and x.
+    assert all(bool(f) for f in unimodal.values())
+    rows = inputs['x'].shape[0]
+    b_logits = scale * variables['w'] * (inputs['x'][:, None] - mean_squeeze['b'][0]) * jnp.array(
+        [-1.0, 1.0])
+    return {'a': jnp.tile(jnp.array([1.0, 0.0]), (rows, 1)), 'b': b_logits,
+            'fused': jnp.zeros((rows, 2))}
+
+  inputs = {'x': jnp.array([0.0, 1.0, 2.0, 3.0])}
+  labels = jnp.array([0, 0, 1, 1])
+  mean_squeeze = {'a': (jnp.zeros(1),), 'b': (jnp.array([0.5]),)}
+  accuracy = greedy_fn.unimodal_accuracy(apply_fn, {'w': 1.0}, inputs, labels, mean_squeeze,
+                                         MODALITIES, scale=2.0)
+  # a: rows 0, 1 right of 4; b: x - 0.5 < 0 -> class 0 only for row 0: rows 0, 2, 3 right.
+  assert float(accuracy['a']) == 0.5 and float(accuracy['b']) == 0.75
+  masked = greedy_fn.unimodal_accuracy(apply_fn, {'w': 1.0}, inputs, labels, mean_squeeze,
+                                       MODALITIES, mask=jnp.array([1, 1, 1, 0]), scale=2.0)
+  assert float(masked['a']) == pytest.approx(2 / 3) and float(masked['b']) == pytest.approx(2 / 3)
+  rates = greedy_fn.conditional_utilization_rate(0.8, {m: float(a) for m, a in accuracy.items()})
+  assert rates['a'] == pytest.approx(0.375) and rates['b'] == pytest.approx(0.0625)
+
+
 class TwoStageMMTMNet(nn.Module):
   """A user's own network: two Dense stages per modality, an MMTM after each, a head each."""
 

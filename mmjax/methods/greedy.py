@@ -71,8 +71,8 @@ import ml_collections
 from mmjax.data.dataset import derive_seed
 from mmjax.methods import greedy_fn
 from mmjax.methods.base import Method, StepInfo
-# The formulas live in greedy_fn; these names stay importable from here.
-from mmjax.methods.greedy_fn import (MODES, conditional_learning_speed,  # noqa: F401
+# The formulas live in greedy_fn; these names stay importable from here (__all__).
+from mmjax.methods.greedy_fn import (MODES, conditional_learning_speed,
                                      conditional_utilization_rate, learning_speed_ratios)
 from mmjax.models.mmtm import MMTMClassifier
 from mmjax.step import eval_sums
@@ -225,3 +225,7 @@ def _utilization_eval_step(model: MMTMClassifier, state: Any, batch: Mapping[str
       model.apply, {'params': state.params, **state.model_state}, batch['inputs'], mean_squeeze,
       model.modalities, train=False)
   return eval_sums(unimodal, batch['label'], mask)
+
+
+__all__ = ['BalancedMultimodalLearning', 'MODES', 'RNG_STREAM', 'conditional_learning_speed',
+           'conditional_utilization_rate', 'learning_speed_ratios']

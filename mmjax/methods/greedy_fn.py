@@ -13,8 +13,9 @@ speed, the labels of :mod:`mmjax.models.groups` for its parameters (``'branch/<m
   :func:`accumulate_learning_speed` (the sums ``M``, a pure state update) and
   :func:`conditional_learning_speed` (``s(others | m_k)``).
 - Conditional utilisation rate (Sec. 4.1): :func:`squeeze_sums` (for the mean squeeze over the
-  training set), :func:`unimodal_outputs` (the uni-modal networks ``f'_k`` from any apply
-  function that takes ``unimodal``/``mean_squeeze``) and :func:`conditional_utilization_rate`.
+  training set), :func:`unimodal_outputs` and :func:`unimodal_accuracy` (the uni-modal networks
+  ``f'_k`` from any apply function that takes ``unimodal``/``mean_squeeze``, and ``A(f'_k)``)
+  and :func:`conditional_utilization_rate`.
 - Re-balancing (Algorithm 1): :func:`update_average_scales` (the constant scales of a
   re-balancing step), :func:`guided_schedule` and :func:`random_schedule` (which step
   re-balances which branch), :func:`rebalance_flags` (the model's ``rebalance`` argument), and
@@ -274,8 +275,22 @@ def unimodal_outputs(apply_fn: Callable[..., Mapping[str, Array]], variables: Py
   return {m: outputs[m] for m in modalities}
 
 
+def unimodal_accuracy(apply_fn: Callable[..., Mapping[str, Array]], variables: PyTree,
+                      inputs: Mapping[str, Array], labels: Array, mean_squeeze: PyTree,
+                      modalities: Sequence[str], mask: Array | None = None, **apply_kwargs: Any
+                      ) -> dict[str, Array]:
+  """``A(f'_k)`` per modality (Sec. 4.1): the accuracy of :func:`unimodal_outputs` on ``labels``.
+
+  Over the rows where ``mask`` is nonzero (every row without one); with the fused accuracy
+  ``A(f)`` it gives :func:`conditional_utilization_rate`.
+  """
+  weight = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  outputs = unimodal_outputs(apply_fn, variables, inputs, mean_squeeze, modalities, **apply_kwargs)
+  return {m: ((outputs[m].argmax(-1) == labels) * weight).sum() / weight.sum() for m in modalities}
+
+
 __all__ = ['MODES', 'accumulate_learning_speed', 'balanced_learning_update',
            'conditional_learning_speed', 'conditional_utilization_rate', 'guided_schedule',
            'init_balanced_state', 'init_speed_sums', 'learning_speed_ratios', 'mmtm_sown',
            'random_schedule', 'rebalance_flags', 'squared_norm', 'squeeze_sums',
-           'unimodal_outputs', 'update_average_scales']
+           'unimodal_accuracy', 'unimodal_outputs', 'update_average_scales']
