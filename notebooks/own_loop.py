@@ -91,12 +91,13 @@ sys.path.insert(0, str(REPO))
 # %% [markdown]
 # **Parameters.** `SMOKE` (the environment variable `MMJAX_NOTEBOOK_SMOKE=1`, as CI runs this
 # notebook) makes everything tiny: fewer examples and epochs. The cell is tagged `parameters`, so
-# papermill can set the values too.
+# papermill can set the values too. The results are written to `RUNS/results.json`.
 
 # %% tags=["parameters"]
 SMOKE = os.environ.get('MMJAX_NOTEBOOK_SMOKE', '') == '1'
 NUM_TRAIN = 512 if SMOKE else 4096
 NUM_EPOCHS = 2 if SMOKE else 12
+RUNS = pathlib.Path(os.environ.get('MMJAX_NOTEBOOK_RUNS', 'runs')) / 'own_loop' / ('smoke' if SMOKE else 'full')
 
 # %% [markdown]
 # ## Your data: numpy arrays
@@ -107,6 +108,8 @@ NUM_EPOCHS = 2 if SMOKE else 12
 # an equally large piece of the rest (`T'`).
 
 # %%
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -430,9 +433,24 @@ def utilization(params):
       fused_accuracy, unimodal_accuracy)
 
 
-for mode, (trained, _, _, _) in runs.items():
+results = {
+    'offline': {'delta_g': dict(zip(HEADS, np.asarray(measured['delta_g']).tolist())),
+                'delta_o': dict(zip(HEADS, np.asarray(measured['delta_o']).tolist())),
+                'weights': dict(zip(HEADS, np.asarray(offline_weights).tolist()))},
+    'in_step': {'final_weights': dict(zip(HEADS, weight_history[-1].tolist())),
+                'test_accuracy': dict(zip(HEADS, np.asarray(
+                    head_accuracies(params, test_data)).tolist()))},
+}
+for mode, (trained, greedy, _, _) in runs.items():
   fused_accuracy, unimodal, rates = utilization(trained)
+  results[mode] = {'fused_accuracy': fused_accuracy, 'unimodal_accuracy': unimodal,
+                   'utilization_rate': rates,
+                   'rebalance_steps': {m: int(c) for m, c in greedy['rebalance_steps'].items()}}
   print(f"{mode:6s} A(f) = {fused_accuracy:.3f}  "
         f"A(f'_k) = { {m: round(a, 3) for m, a in unimodal.items()} }  "
         f"u = { {m: round(u, 3) for m, u in rates.items()} }  d_util = "
         f"{rates['audio'] - rates['video']:+.3f}")
+
+RUNS.mkdir(parents=True, exist_ok=True)
+(RUNS / 'results.json').write_text(json.dumps(results, indent=2))
+print('wrote', RUNS / 'results.json')
