@@ -454,3 +454,11 @@ for mode, (trained, greedy, _, _) in runs.items():
 RUNS.mkdir(parents=True, exist_ok=True)
 (RUNS / 'results.json').write_text(json.dumps(results, indent=2))
 print('wrote', RUNS / 'results.json')
+
+# %% [markdown]
+# On this easy toy problem the full-size run (`SMOKE = False`, about 20 s on a CPU) gives test
+# accuracies near 0.98 for every method, and the gap between the two utilization rates hardly
+# moves under guided re-balancing: with `ALPHA = 0.01` almost every step after the first epoch
+# re-balances the audio branch, the one that learns most through fusion. `ALPHA` and `WINDOW` are
+# the knobs (the paper tunes them per data set); swap in your own model, data and optimiser in
+# the cells above, and the method functions stay the same.
