@@ -1,4 +1,8 @@
-"""Balancing methods: a registry from config names to :class:`~mmjax.methods.base.Method`."""
+"""Balancing methods: a registry from config names to :class:`~mmjax.methods.base.Method`.
+
+The same methods as pure functions for a train step of your own: :mod:`mmjax.methods.gblend_fn`
+(Gradient Blending) and :mod:`mmjax.methods.greedy_fn` (balanced multi-modal learning).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from mmjax.methods import gblend_fn, greedy_fn
 from mmjax.methods.base import Method, StepInfo
 from mmjax.methods.gblend import GradientBlending
 from mmjax.methods.greedy import BalancedMultimodalLearning
@@ -46,4 +51,5 @@ def build_method(config: Mapping[str, Any], heads: Sequence[str], modalities: Se
   return cls(config, heads, modalities)
 
 
-__all__ = ['METHODS', 'Method', 'StepInfo', 'build_method', 'get_method_class', 'method_config']
+__all__ = ['METHODS', 'Method', 'StepInfo', 'build_method', 'gblend_fn', 'get_method_class',
+           'greedy_fn', 'method_config']

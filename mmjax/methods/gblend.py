@@ -55,6 +55,10 @@ non-finite ``dG`` or ``dO`` from an estimation stops the run naming the head.
 Weights, ``dG``, ``dO`` and ``OGR`` per head are in the method state and logged as
 ``gblend/weight/<head>``, ``gblend/delta_g/<head>``, ``gblend/delta_o/<head>`` and
 ``gblend/ogr/<head>``. They are arrays in the train state: changing them never recompiles.
+
+The estimators are the pure functions of :mod:`mmjax.methods.gblend_fn` (``measure_deltas``,
+``per_head_statistics``, ``blend_head_gradients``, ``ema_update``, ``weights_from_ema``), which a
+train loop of your own can call without this class.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ import numpy as np
 from mmjax import data
 from mmjax import step as step_lib
 from mmjax.data.dataset import check_choice, check_float, check_fraction, check_int, derive_seed
-from mmjax.methods import ogr
+from mmjax.methods import gblend_fn, ogr
 from mmjax.methods.base import Method, StepInfo
 from mmjax.models import groups
 
@@ -256,28 +260,20 @@ class GradientBlending(Method):
       _, aux = loss_fn(p, b, rng=rng) if rng is not None else loss_fn(p, b)
       return ogr.as_vector(aux[1], self.heads), aux
 
-    def per_head_gradients(b, rng=None):
-      return jax.jacrev(loss_vector, has_aux=True)(params, b, rng)
-
-    first_jac, first = per_head_gradients(jax.tree.map(lambda x: x[:half], batch))
-    second_jac, second = per_head_gradients(jax.tree.map(lambda x: x[half:], batch), second_key)
-    heldout_jac, _ = per_head_gradients(batch['heldout'], heldout_key)
-    generalization, overfit = jax.vmap(ogr.split_batch_generalization_and_overfitting)(
-        first_jac, second_jac, heldout_jac)
-    weights = ogr.as_vector(method_state['weights'], self.heads)
-    coefficients = jnp.where(weights > 0, weights, 1.0)
-
-    def combine(group, jac_first, jac_second):
-      c = coefficients if groups.kind_of(group) == groups.HEAD else weights
-      return jnp.tensordot(c, (jac_first + jac_second) / 2, axes=1)
-
-    grads = jax.tree.map(combine, self._parameter_groups, first_jac, second_jac)
+    stats = gblend_fn.per_head_statistics(
+        loss_vector, params, jax.tree.map(lambda x: x[:half], batch),
+        jax.tree.map(lambda x: x[half:], batch), batch['heldout'],
+        rngs=(None, second_key, heldout_key))
+    grads = gblend_fn.blend_head_gradients(
+        stats.grads, ogr.as_vector(method_state['weights'], self.heads), self._parameter_groups)
+    first, second = stats.first_aux, stats.second_aux
     outputs = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[0], second[0])
     losses = jax.tree.map(lambda x, y: (x + y) / 2, first[1], second[1])
     model_state = jax.tree.map(lambda x, y: (x + y) / 2, first[2], second[2])
     # What the model sows is per example: the two halves' values, in batch order.
     intermediates = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[3], second[3])
-    intermediates = {**intermediates, 'gblend': {'g': generalization, 'o': overfit}}
+    intermediates = {**intermediates,
+                     'gblend': {'g': stats.generalization, 'o': stats.overfitting}}
     objective = self.objective(losses, method_state)
     return (objective, (outputs, losses, model_state, intermediates)), grads
 
@@ -290,15 +286,14 @@ class GradientBlending(Method):
     if self.estimator != 'gradient':
       return method_state, {}
     stats = info.aux['gblend']
-    decay = self.ema_decay
-    ema_g = decay * ogr.as_vector(method_state['ema_g'], self.heads) + (1 - decay) * stats['g']
-    ema_o2 = (decay * ogr.as_vector(method_state['ema_o2'], self.heads)
-              + (1 - decay) * jnp.square(stats['o']))
-    debias = 1.0 - decay ** (info.step.astype(jnp.float32) + 1.0)
-    delta_g, delta_o = ema_g / debias, jnp.sqrt(ema_o2 / debias)
+    ema_g, ema_o2 = gblend_fn.ema_update(
+        ogr.as_vector(method_state['ema_g'], self.heads),
+        ogr.as_vector(method_state['ema_o2'], self.heads), stats['g'], stats['o'], self.ema_decay)
+    weights, delta_g, delta_o = gblend_fn.weights_from_ema(
+        ema_g, ema_o2, info.step.astype(jnp.float32) + 1.0, self.ema_decay, self.min_delta_o,
+        self.weight_rule)
     update = (info.step + 1) % self.every_steps == 0
-    estimate = self._estimate_state(
-        ogr.blend_weights(delta_g, delta_o, self.min_delta_o, self.weight_rule), delta_g, delta_o)
+    estimate = self._estimate_state(weights, delta_g, delta_o)
     new_state = dict(method_state)
     new_state.update(jax.tree.map(lambda new, old: jnp.where(update, new, old), estimate,
                                   {key: method_state[key] for key in estimate}))
@@ -373,40 +368,36 @@ class GradientBlending(Method):
     and the measured values ``train_before``, ``heldout_before``, ``train_after``,
     ``heldout_after``.
     """
-    splits = {'train': self.train_subset, 'heldout': self.heldout}
-    before = {name: trainer.evaluate(state, split) for name, split in splits.items()}
-    batches = self._estimation_batches(trainer, epoch, num_epochs)
-    copies = [jax.device_put(state.replace(method_state={'weights': {
-        h: jnp.float32(1.0 if h == head else 0.0) for h in self.heads}}), trainer.replicated)
-              for head in self.heads]
-    if self.estimation == 'vmap':
-      stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *copies), trainer.replicated)
-      for batch in batches():
-        stacked, _ = self._stacked_estimation_step(stacked, trainer.shard(batch))
-      after = {name: self._evaluate_stacked(trainer, stacked, split)
-               for name, split in splits.items()}
-    else:
-      after = {name: {} for name in splits}
-      for head, copy in zip(self.heads, copies):
-        for batch in batches():
-          copy, _ = self._estimation_step(copy, trainer.shard(batch))
-        for name, split in splits.items():
-          after[name][head] = trainer.evaluate(copy, split, eval_step=self._estimation_eval)
+    splits = (self.train_subset, self.heldout)
     key = self.metric
-    values = {
-        'train_before': ogr.as_vector({h: before['train'][f'{key}/{h}'] for h in self.heads},
-                                      self.heads),
-        'heldout_before': ogr.as_vector(
-            {h: before['heldout'][f'{key}/{h}'] for h in self.heads}, self.heads),
-        'train_after': ogr.as_vector({h: after['train'][h][f'{key}/{h}'] for h in self.heads},
-                                     self.heads),
-        'heldout_after': ogr.as_vector(
-            {h: after['heldout'][h][f'{key}/{h}'] for h in self.heads}, self.heads),
-    }
-    values['delta_g'], values['delta_o'] = ogr.generalization_and_overfitting(
-        values['train_before'], values['heldout_before'], values['train_after'],
-        values['heldout_after'], self.metric)
-    return values
+
+    def metric_vector(results):
+      return ogr.as_vector({h: results[f'{key}/{h}'] for h in self.heads}, self.heads)
+
+    def evaluate(s, eval_step=None):
+      return tuple(metric_vector(trainer.evaluate(s, split, eval_step=eval_step))
+                   for split in splits)
+
+    def single_head_copy(s, i):
+      weights = {h: jnp.float32(1.0 if j == i else 0.0) for j, h in enumerate(self.heads)}
+      return jax.device_put(s.replace(method_state={'weights': weights}), trainer.replicated)
+
+    if self.estimation == 'vmap':
+      options = dict(
+          stacked=True,
+          train_step=lambda s, batch: self._stacked_estimation_step(s, trainer.shard(batch))[0],
+          evaluate_copies=lambda s: tuple(
+              jnp.stack([metric_vector(per_copy[h]) for h in self.heads])
+              for per_copy in (self._evaluate_stacked(trainer, s, split) for split in splits)),
+          stack=lambda copies: jax.device_put(gblend_fn.stack_copies(copies), trainer.replicated))
+    else:
+      options = dict(
+          train_step=lambda s, batch: self._estimation_step(s, trainer.shard(batch))[0],
+          evaluate_copies=lambda s: evaluate(s, eval_step=self._estimation_eval))
+    return gblend_fn.measure_deltas(
+        state, len(self.heads), single_head_copy=single_head_copy, evaluate=evaluate,
+        batches=self._estimation_batches(trainer, epoch, num_epochs), metric=self.metric,
+        **options)
 
   def _estimation_batches(self, trainer: Any, epoch: int, num_epochs: int
                           ) -> Callable[[], Any]:

@@ -54,6 +54,9 @@ Logged keys (``<m>`` a modality): ``greedy/speed/<m>`` = ``s(others | m)``, ``gr
 ``greedy/d_util`` with val and test. With more than two modalities ``d_speed`` and ``d_util``
 are replaced by ``greedy/speed_spread`` (``max - min`` of the speeds) and
 ``greedy/util_spread``.
+
+The formulas and state updates are the pure functions of :mod:`mmjax.methods.greedy_fn`, which
+a train loop of your own can call without this class.
 """
 
 from __future__ import annotations
@@ -66,54 +69,20 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmjax.data.dataset import derive_seed
+from mmjax.methods import greedy_fn
 from mmjax.methods.base import Method, StepInfo
-from mmjax.models import groups
+# The formulas live in greedy_fn; these names stay importable from here (__all__).
+from mmjax.methods.greedy_fn import (MODES, conditional_learning_speed,
+                                     conditional_utilization_rate, learning_speed_ratios)
 from mmjax.models.mmtm import MMTMClassifier
-from mmjax.step import eval_sums, forward
+from mmjax.step import eval_sums
 
 Array = jax.Array
 PyTree = Any
 
-MODES = ('guided', 'random', 'off')
 RNG_STREAM = 0x67726479
 """The method's own random stream: its key is ``PRNGKey(derive_seed(seed, RNG_STREAM))``, never
 the trainer's ``PRNGKey(seed)`` (whose halves initialise the model and drive dropout)."""
-
-
-def squared_norm(leaves: Sequence[Array]) -> Array:
-  """``sum ||x||^2`` over a list of arrays."""
-  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
-
-
-def learning_speed_ratios(params: PyTree, grads: PyTree, modalities: Sequence[str],
-                          labels: PyTree) -> tuple[dict[str, Array], dict[str, Array]]:
-  """``mu(theta_k)`` and ``mu(theta'_k)`` per modality: ``||grad||^2 / ||theta||^2``.
-
-  ``labels`` is the model's ``parameter_groups(params)``: ``theta_k`` is branch and head of
-  ``k``, ``theta'_k`` its fusion layers and the shared ones (:mod:`mmjax.models.groups`).
-  """
-  own = {m: (groups.label(groups.BRANCH, m), groups.label(groups.HEAD, m)) for m in modalities}
-  fusion = {m: (groups.label(groups.FUSION, m), groups.FUSION) for m in modalities}
-
-  def ratio(group_names):
-    return (squared_norm(groups.leaves_in(grads, labels, group_names))
-            / squared_norm(groups.leaves_in(params, labels, group_names)))
-
-  return ({m: ratio(own[m]) for m in modalities}, {m: ratio(fusion[m]) for m in modalities})
-
-
-def conditional_learning_speed(own_sums: Mapping[str, Array], fusion_sums: Mapping[str, Array]
-                               ) -> dict[str, Array]:
-  """``s(others | m_k) = log10(M(theta'_k) / M(theta_k))`` per modality ``m_k``."""
-  return {m: jnp.log10(fusion_sums[m] / own_sums[m]) for m in own_sums}
-
-
-def conditional_utilization_rate(fused_accuracy: float, unimodal_accuracy: Mapping[str, float]
-                                 ) -> dict[str, float]:
-  """``u(others | m_k) = (A(f) - A(f'_k)) / A(f)`` per modality (NaN when ``A(f) = 0``)."""
-  if fused_accuracy == 0:
-    return {m: float('nan') for m in unimodal_accuracy}
-  return {m: (fused_accuracy - a) / fused_accuracy for m, a in unimodal_accuracy.items()}
 
 
 class BalancedMultimodalLearning(Method):
@@ -180,25 +149,13 @@ class BalancedMultimodalLearning(Method):
     return {h: 0.0 if h == 'fused' else 1.0 for h in self.heads}
 
   def init_state(self) -> dict[str, PyTree]:
-    f32 = jnp.float32
-    return {
-        **super().init_state(),
-        'remaining': jnp.int32(0),  # re-balancing steps left, the coming step included
-        'branch': jnp.int32(0),  # the branch they re-balance (index into modalities)
-        'average_scales': {m: tuple(jnp.zeros((c[m],), f32) for c in self.mmtm_channels)
-                           for m in self.modalities},
-        'normal_steps': jnp.int32(0),
-        'speed_sums': {'own': {m: f32(0) for m in self.modalities},
-                       'fusion': {m: f32(0) for m in self.modalities}},
-        'rebalance_steps': {m: jnp.int32(0) for m in self.modalities},
-        'rng': jax.random.PRNGKey(derive_seed(self._seed, RNG_STREAM)),
-    }
+    return {**super().init_state(), **greedy_fn.init_balanced_state(
+        self.modalities, self.mmtm_channels, jax.random.PRNGKey(derive_seed(self._seed, RNG_STREAM)))}
 
   # ----- compiled step --------------------------------------------------------------------------
   def rebalance_flags(self, method_state: PyTree) -> dict[str, Array]:
     """Modality -> whether the current step re-balances its branch."""
-    active = method_state['remaining'] > 0
-    return {m: active & (method_state['branch'] == i) for i, m in enumerate(self.modalities)}
+    return greedy_fn.rebalance_flags(method_state, self.modalities)
 
   def model_kwargs(self, method_state: PyTree, rng: Array) -> dict[str, Any]:
     return {**super().model_kwargs(method_state, rng),
@@ -206,43 +163,14 @@ class BalancedMultimodalLearning(Method):
             'average_scales': method_state['average_scales']}
 
   def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
-    state = dict(method_state)
-    flags = self.rebalance_flags(method_state)
-    rebalancing = method_state['remaining'] > 0
-    normal = jnp.logical_not(rebalancing)
-
-    n = method_state['normal_steps'].astype(jnp.float32)
-    state['average_scales'] = {
-        m: tuple(jnp.where(normal, (avg * n + info.aux[f'mmtm_{i}'][f'scale_{m}'][0].mean(0)) / (n + 1),
-                           avg)
-                 for i, avg in enumerate(method_state['average_scales'][m]))
-        for m in self.modalities}
-    state['normal_steps'] = method_state['normal_steps'] + normal.astype(jnp.int32)
-
-    mu_own, mu_fusion = learning_speed_ratios(info.params, info.grads, self.modalities,
-                                              self._parameter_groups(info.params))
-    sums = method_state['speed_sums']
-    keep = normal.astype(jnp.float32)
-    own = {m: sums['own'][m] + keep * mu_own[m] for m in self.modalities}
-    fusion = {m: sums['fusion'][m] + keep * mu_fusion[m] for m in self.modalities}
-    state['speed_sums'] = {'own': own, 'fusion': fusion}
-    speed = jnp.stack([conditional_learning_speed(own, fusion)[m] for m in self.modalities])
-
-    if self.mode == 'guided':
-      trigger = normal & (info.step >= self.start_step) & (speed.max() - speed.min() > self.alpha)
-      state['remaining'] = jnp.where(rebalancing, method_state['remaining'] - 1,
-                                     jnp.where(trigger, self.window, 0)).astype(jnp.int32)
-      state['branch'] = jnp.where(trigger, jnp.argmax(speed), method_state['branch']).astype(jnp.int32)
-    elif self.mode == 'random':
-      rng, pick_rng = jax.random.split(method_state['rng'])
-      choice = jax.random.randint(pick_rng, (), -1, len(self.modalities))
-      state['rng'] = rng
-      active = info.step >= self.start_step
-      state['remaining'] = (active & (choice >= 0)).astype(jnp.int32)
-      state['branch'] = jnp.maximum(choice, 0).astype(jnp.int32)
-    state['rebalance_steps'] = {m: method_state['rebalance_steps'][m] + flags[m].astype(jnp.int32)
-                                for m in self.modalities}
-    return state, {f'{self.name}/rebalancing': rebalancing.astype(jnp.float32)}
+    """Algorithm 1 after one step: :func:`mmjax.methods.greedy_fn.balanced_learning_update`."""
+    state = greedy_fn.balanced_learning_update(
+        method_state, params=info.params, grads=info.grads,
+        labels=self._parameter_groups(info.params), intermediates=info.aux, step=info.step,
+        modalities=self.modalities, mode=self.mode, alpha=self.alpha, window=self.window,
+        start_step=self.start_step)
+    rebalancing = (method_state['remaining'] > 0).astype(jnp.float32)
+    return state, {f'{self.name}/rebalancing': rebalancing}
 
   # ----- host hooks -----------------------------------------------------------------------------
   def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
@@ -286,20 +214,18 @@ class BalancedMultimodalLearning(Method):
 def _squeeze_sums(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array
                   ) -> dict[str, Any]:
   """Masked sums of every MMTM's squeeze inputs over a batch, in eval mode."""
-  variables = {'params': state.params, **state.model_state}
-  _, mutated = model.apply(variables, batch['inputs'], train=False, mutable=['intermediates'])
-  inter = mutated['intermediates']
-  weight = mask.astype(jnp.float32)
-  return {'count': weight.sum(),
-          'sums': {m: tuple((inter[f'mmtm_{i}'][f'squeeze_{m}'][0] * weight[:, None]).sum(0)
-                            for i in range(len(model.mmtm_stages)))
-                   for m in model.modalities}}
+  return greedy_fn.squeeze_sums(model.apply, {'params': state.params, **state.model_state},
+                                batch['inputs'], mask, model.modalities, train=False)
 
 
 def _utilization_eval_step(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array,
                            mean_squeeze: PyTree) -> dict[str, Array]:
   """Eval sums of every uni-modal ``f'_k`` (head ``k`` with the others' squeezes at their means)."""
-  unimodal, _, _ = forward(model, state.params, state.model_state, batch['inputs'], train=False,
-                           unimodal={m: jnp.bool_(True) for m in model.modalities},
-                           mean_squeeze=mean_squeeze)
-  return eval_sums({m: unimodal[m] for m in model.modalities}, batch['label'], mask)
+  unimodal = greedy_fn.unimodal_outputs(
+      model.apply, {'params': state.params, **state.model_state}, batch['inputs'], mean_squeeze,
+      model.modalities, train=False)
+  return eval_sums(unimodal, batch['label'], mask)
+
+
+__all__ = ['BalancedMultimodalLearning', 'MODES', 'RNG_STREAM', 'conditional_learning_speed',
+           'conditional_utilization_rate', 'learning_speed_ratios']
