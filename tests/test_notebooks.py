@@ -4,6 +4,7 @@ bottom (smoke size)."""
 import importlib.util
 import io
 import os
+import re
 import time
 
 import jupytext
@@ -12,6 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
+from test_own_loop import check_own_loop_results
 
 NOTEBOOKS_DIR = os.path.join(ROOT, 'notebooks')
 
@@ -139,4 +141,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
   assert os.listdir(tmp_path / 'runs'), 'the notebook wrote no runs under MMJAX_NOTEBOOK_RUNS'
   streams = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.outputs)
   assert 'IProgress not found' not in streams and 'TqdmWarning' not in streams
+  if name == 'own_loop':
+    assert re.search(r"guided re-balancing steps: \{'audio': \d+, 'video': \d+\}", streams)
+    assert 'steps, traced once' in streams
+    check_own_loop_results(tmp_path / 'runs')
   print(f'{name}: {elapsed:.1f} s')
