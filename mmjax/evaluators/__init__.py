@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping
 
+import ml_collections
+
 from mmjax.context import RunContext
 
 
@@ -29,7 +31,7 @@ class Evaluator:
   PLOTS: ClassVar[tuple[str, ...]] = ()
 
   def __init__(self, options: Mapping[str, Any]):
-    self.options = {**self.DEFAULTS, **dict(options)}
+    self.options = {**self.DEFAULTS, **options}
 
   def setup(self, ctx: RunContext) -> None:
     """Once per run, before training: checks the run fits and builds compiled functions."""
@@ -65,14 +67,14 @@ def build_evaluators(evals: Mapping[str, Any]) -> list[Evaluator]:
   out = []
   for name, options in evals.items():
     cls = get_evaluator_class(name)
-    if not isinstance(options, Mapping):
+    if not isinstance(options, (Mapping, ml_collections.ConfigDict)):
       raise ValueError(f'evals.{name} = {options!r} must be a section of options ({{}} for the '
                        'defaults).')
-    unknown = sorted(set(options) - set(cls.DEFAULTS))
+    unknown = sorted(set(options.keys()) - set(cls.DEFAULTS))
     if unknown:
       raise ValueError(f'evals.{name}.{unknown[0]} is not an option of evaluator {name!r}; its '
                        f'options are {sorted(cls.DEFAULTS)}.')
-    out.append(cls(options))
+    out.append(cls(dict(options.items())))
   return out
 
 

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmjax.report.runs import Run, as_list
+from mmjax.report.runs import Run, as_list, head_order
 
 SPLIT_STYLES = {'train': ':', 'val': '--', 'test': '-'}
 RUN_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
