@@ -410,7 +410,7 @@ def test_gradient_heldout_stream_follows_a_resumed_main_stream(gradient_trainer)
   position = trainer.train_iterator.get_state()
   full = run_epoch(middle, 1)
   trainer.train_iterator.set_state(position)  # what a restart restores from the checkpoint
-  method.setup(trainer)  # a fresh process: the V stream starts over
+  method.setup(trainer.context)  # a fresh process: the V stream starts over
   resumed = run_epoch(middle, 1)
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
