@@ -88,6 +88,10 @@ def test_run_without_metrics_is_named(tmp_path, runs):
 @pytest.mark.parametrize('make, match', [
     (lambda p: None, 'has no config.json'),
     (lambda p: (p / 'config.json').write_text('{}'), 'has no metrics yet'),
+    (lambda p: [(p / 'config.json').write_text('{}'),
+                (p / 'metrics.jsonl').write_text('{"step": 1, "epoch": 1, "split": "val"}\n'),
+                (p / 'summary.json').write_text('[1]')],
+     'summary.json holds a JSON list, not a run summary; delete it.'),
 ])
 def test_command_line_errors(tmp_path, capsys, make, match):
   run_dir = tmp_path / 'run'

@@ -80,6 +80,24 @@ def registered():
   del report.PLOT_FUNCTIONS['scaled_fused_weight']
 
 
+def test_registries_refuse_a_taken_name_or_a_non_class(registered):
+  del registered
+
+  class Other(methods.Method):
+    name = 'scaled_fused'
+
+  with pytest.raises(ValueError, match="method name 'scaled_fused' is taken by ScaledFused"):
+    methods.register(Other)
+  with pytest.raises(ValueError, match='is not a Method subclass with a name'):
+    methods.register(ValAccuracyGap)
+  with pytest.raises(ValueError, match="evaluator name 'utilization' is taken"):
+    evaluators.register(type('Again', (evaluators.Evaluator,), {'name': 'utilization'}))
+  with pytest.raises(ValueError, match="report plot 'loss' is taken by plot_loss"):
+    report.register_plot('loss')(plot_scaled_fused_weight)
+  methods.register(ScaledFused)  # registering the same class again changes nothing
+  assert methods.get_method_class('scaled_fused') is ScaledFused
+
+
 def test_run_context_holds_exactly_what_host_hooks_may_use():
   assert tuple(f.name for f in dataclasses.fields(RunContext)) == CONTEXT_FIELDS
   trainer = train.Trainer(tiny_synthetic_config('vanilla'))

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Sequence
 
 from mmjax.report.plots import PLOT_FUNCTIONS, MetricsNotFoundError
-from mmjax.report.runs import NoMetricsError, NotARunError, Run, load_runs
+from mmjax.report.runs import Run, load_runs
 from mmjax.report.tables import comparison_table
 
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     runs = load_runs(args.workdirs)
-  except (NotARunError, NoMetricsError) as e:
+  except ValueError as e:  # NotARunError, NoMetricsError, a damaged metrics.jsonl or summary.json
     parser.error(str(e))
   result = write_report(runs, args.out, dpi=args.dpi)
   print(result['table'].to_markdown())
