@@ -445,12 +445,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
           evals[split].update(evaluator.evaluate(trainer.context, state, split, evals[split]))
         writer.write(step, epoch + 1, split, evals[split])
       writer.flush()
-      if lead:
-        metrics.write_summary(workdir, run_summary(workdir, trainer))
       epoch_step, sums = 0, EpochSums()
       ckpt.save(step, state, position(epoch + 1, 0),
                 val_accuracy=evals['val'][f'accuracy/{selection_head}'])
       faults.maybe_fail('checkpoint_saved')
+      if lead:
+        metrics.write_summary(workdir, run_summary(workdir, trainer))
       if lead:
         line = _epoch_line(epoch + 1, config.num_epochs, train_record, evals['val'], trainer.heads)
         if show_bar:
@@ -465,6 +465,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
     ckpt.close()
     writer.close()
   summary = run_summary(workdir, trainer)
+  if lead:  # also when a rerun of a finished run (or one killed before the epoch's write) trains nothing
+    metrics.write_summary(workdir, summary)
   summary = {'workdir': workdir, **summary} if summary else {}
   if summary and lead and (stop_after_epoch is None or stop_after_epoch >= config.num_epochs):
     print(_summary_table(summary))

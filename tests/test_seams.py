@@ -240,3 +240,19 @@ def test_a_resumed_run_writes_the_same_summary_json(tmp_path):
   assert expected['finished'] and expected['epochs'] == 2
   np.testing.assert_equal(expected['best_val'], metrics.summarize(
       metrics.read_metrics(full), ('fused', 'a', 'b'), 'fused')['best_val'])
+
+
+def test_rerunning_a_finished_run_restores_its_summary_json(tmp_path):
+  # As after a kill between the last checkpoint and the summary's write: the rerun trains
+  # nothing and still writes summary.json.
+  config = tiny_synthetic_config('vanilla')
+  config.num_epochs = 1
+  workdir = str(tmp_path)
+  returned = train.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, 'summary.json')
+  with open(path, encoding='utf-8') as f:
+    expected = json.load(f)
+  os.remove(path)
+  assert train.train_and_evaluate(config, workdir) == returned
+  with open(path, encoding='utf-8') as f:
+    assert json.load(f) == expected
