@@ -201,13 +201,10 @@ def common_args(**defaults: Any) -> dict[str, Any]:
 def set_method(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
   """Sets ``config.method`` for ``args.method`` with the method options given in ``args``.
 
-  The ``fixed`` method gets weight 1 for every head, to override with
-  ``--config.method.weights.<head>=w``. The method's :meth:`Method.adjust_config` then adapts
-  the rest of the experiment (for example the model or the evaluators a method needs).
+  The method's :meth:`~mmjax.methods.base.HostHooks.adjust_config` then adapts the rest of the
+  experiment (for example the model or the evaluators it needs, or ``fixed``'s default weights).
   """
   cls = methods.get_method_class(args.method)
   overrides = dict(args.get('method_options') or {})
-  if args.method == 'fixed':
-    overrides['weights'] = {h: 1.0 for h in ('fused', *config.model.encoders)}
   config.method = methods.method_config(args.method, **overrides)
   cls.adjust_config(config)
