@@ -43,10 +43,10 @@ def main():
            'OGR (Alg. 1) |', '|---|---|---|---|']
   boundaries = [0] + list(range(schedule['warmup_epochs'], epochs, schedule['super_epoch']))
   for epoch in range(epochs):
-    state, _ = method.on_epoch_start(trainer, state, epoch)
+    state, _ = method.on_epoch_start(trainer.context, state, epoch)
     if epoch in boundaries:
       n = min(schedule['warmup_epochs'] if epoch == 0 else schedule['super_epoch'], epochs - epoch)
-      measured = method.measure(trainer, state, epoch, n)
+      measured = method.measure(trainer.context, state, epoch, n)
       online = np.asarray(ogr.blend_weights(measured['delta_g'], measured['delta_o'],
                                             method.min_delta_o, method.weight_rule))
       ratio = np.asarray(ogr.overfitting_to_generalization_ratio(

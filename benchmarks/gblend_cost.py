@@ -38,9 +38,9 @@ class _TimedEstimation(GradientBlending):
 
   seconds = 0.0
 
-  def on_epoch_start(self, trainer, state, epoch):
+  def on_epoch_start(self, ctx, state, epoch):
     start = time.perf_counter()
-    state, logged = super().on_epoch_start(trainer, state, epoch)
+    state, logged = super().on_epoch_start(ctx, state, epoch)
     jax.block_until_ready(state)
     _TimedEstimation.seconds += time.perf_counter() - start
     return state, logged

@@ -18,30 +18,55 @@ from mmjax import methods, optim
 from mmjax.errors import UserError
 
 
+def _typed(key: str, raw: str | None, default: Any) -> Any:
+  """The value of config argument ``key`` given as ``raw`` (None: a bare flag), typed after ``default``."""
+  if raw is None:
+    if not isinstance(default, bool):
+      raise ValueError(f'config argument {key!r} needs a value: {key}=VALUE.')
+    return True
+  if isinstance(default, bool):
+    if raw.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f'config argument {key}={raw!r}: expected true or false.')
+    return raw.lower() in ('true', '1')
+  if isinstance(default, (int, float)):
+    try:
+      return type(default)(raw)
+    except ValueError:
+      raise ValueError(f'config argument {key}={raw!r}: expected a {type(default).__name__}.') from None
+  return raw
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """Parses ``'k1=v1,flag,k2=v2'``; types follow ``defaults``; a bare key sets ``True``."""
-  values = dict(defaults)
+  """Parses ``'k1=v1,flag,k2=v2'``; types follow ``defaults``; a bare key sets ``True``.
+
+  When ``defaults`` has a ``method`` key, the scalar options of the method that ``arg`` (or the
+  default) names are arguments too (:func:`mmjax.methods.scalar_options`), typed after the
+  method's ``DEFAULTS``; those given are returned in ``method_options``, for
+  :func:`set_method`.
+  """
+  given = {}
   for item in filter(None, (s.strip() for s in (arg or '').split(','))):
     key, sep, raw = item.partition('=')
-    key = key.strip()
-    if key not in defaults:
-      raise ValueError(f'config argument {key!r} is not known; valid arguments are {sorted(defaults)}.')
-    default = defaults[key]
-    if not sep:
-      if not isinstance(default, bool):
-        raise ValueError(f'config argument {key!r} needs a value: {key}=VALUE.')
-      values[key] = True
-    elif isinstance(default, bool):
-      if raw.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(f'config argument {key}={raw!r}: expected true or false.')
-      values[key] = raw.lower() in ('true', '1')
-    elif isinstance(default, (int, float)):
-      try:
-        values[key] = type(default)(raw)
-      except ValueError:
-        raise ValueError(f'config argument {key}={raw!r}: expected a {type(default).__name__}.') from None
+    given[key.strip()] = raw if sep else None
+  options = {}
+  if 'method' in defaults:
+    name = given.get('method') or defaults['method']
+    options = {k: v for k, v in methods.scalar_options(name).items() if k not in defaults}
+  values = dict(defaults)
+  method_options = {}
+  for key, raw in given.items():
+    if key in defaults:
+      values[key] = _typed(key, raw, defaults[key])
+    elif key in options:
+      method_options[key] = _typed(key, raw, options[key])
+    elif 'method' in defaults and any(key in cls.DEFAULTS for cls in methods.METHODS.values()):
+      raise ValueError(f'config argument {key}={raw!r} does not apply to method {name!r}; its '
+                       f'options are {sorted(options)}.')
     else:
-      values[key] = raw
+      raise ValueError(f'config argument {key!r} is not known; valid arguments are '
+                       f'{sorted({**defaults, **options})}.')
+  if 'method' in defaults:
+    values['method_options'] = method_options
   return ml_collections.ConfigDict(values)
 
 
@@ -54,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
       'name': 'late_fusion', 'encoders': {}, 'fusion': 'concat', 'fused_hidden': (),
       'fused_dropout': 0.0})
   config.method = methods.method_config('vanilla')
+  config.evals = ml_collections.ConfigDict()  # evaluator name -> its options (mmjax.evaluators)
   config.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)
   config.batch_size = 64
   config.eval_batch_size = 256
@@ -105,12 +131,13 @@ def num_epochs_can_grow(config: Mapping[str, Any]) -> bool:
   """Whether a resumed run may train for more epochs than it was started with.
 
   True when nothing computed so far depends on ``num_epochs``: a learning-rate schedule in
-  :data:`EPOCH_FREE_SCHEDULES` and a method that does not read it (G-Blend's offline and online
-  estimators size their estimation runs by it; its ``gradient`` estimator does not). The
-  resumed run then equals one started with the larger ``num_epochs``.
+  :data:`EPOCH_FREE_SCHEDULES` and a method that does not read it
+  (:meth:`~mmjax.methods.base.HostHooks.reads_num_epochs`). The resumed run then equals one
+  started with the larger ``num_epochs``.
   """
   method = config['method']
-  if method['name'] == 'gblend' and method.get('estimator') != 'gradient':
+  if (method['name'] in methods.METHODS
+      and methods.get_method_class(method['name']).reads_num_epochs(method)):
     return False
   return config['optimizer'].get('schedule', 'constant') in EPOCH_FREE_SCHEDULES
 
@@ -160,37 +187,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(key, config[key], _is_int(config[key]) and config[key] >= 0, 'an integer >= 0')
   for key in ('progress_bar', 'distributed'):
     _check(key, config[key], isinstance(config[key], bool), 'True or False')
-  for key in ('data', 'model', 'method', 'optimizer'):
+  for key in ('data', 'model', 'method', 'optimizer', 'evals'):
     _check(key, config[key], isinstance(config[key], (ml_collections.ConfigDict, Mapping)),
            'a section of key: value options')
 
 
-#: Config-file arguments that set a method option when given (``estimator=online``).
-METHOD_ARGS: dict[str, Any] = {'modality': '', 'estimator': '', 'mode': ''}
-
-
 def common_args(**defaults: Any) -> dict[str, Any]:
-  """The arguments every config file takes, plus its own ``defaults``."""
-  return {'method': 'vanilla', 'smoke': False, 'seed': 0, **METHOD_ARGS, **defaults}
+  """The arguments every config file takes, plus its own ``defaults``; the options of the
+  chosen method are arguments too (:func:`parse_arg`)."""
+  return {'method': 'vanilla', 'smoke': False, 'seed': 0, **defaults}
 
 
 def set_method(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
   """Sets ``config.method`` for ``args.method`` with the method options given in ``args``.
 
-  The ``fixed`` method gets weight 1 for every head, to override with
-  ``--config.method.weights.<head>=w``. The method's :meth:`Method.adjust_config` then adapts
-  the rest of the experiment (for example the model a method needs).
+  The method's :meth:`~mmjax.methods.base.HostHooks.adjust_config` then adapts the rest of the
+  experiment (for example the model or the evaluators it needs, or ``fixed``'s default weights).
   """
   cls = methods.get_method_class(args.method)
-  overrides = {}
-  for key in METHOD_ARGS:
-    if args[key] == '':
-      continue
-    if key not in cls.DEFAULTS:
-      raise ValueError(f'config argument {key}={args[key]!r} does not apply to method '
-                       f'{args.method!r}; its options are {sorted(cls.DEFAULTS)}.')
-    overrides[key] = args[key]
-  if args.method == 'fixed':
-    overrides['weights'] = {h: 1.0 for h in ('fused', *config.model.encoders)}
+  overrides = dict(args.get('method_options') or {})
   config.method = methods.method_config(args.method, **overrides)
   cls.adjust_config(config)

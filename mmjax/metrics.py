@@ -3,7 +3,8 @@
 Every record carries ``step``, ``epoch`` and ``split`` (``train``, ``val``, ``test``) and flat
 metric keys: ``loss/<head>``, ``accuracy/<head>`` and each method's own keys under its name
 (``gblend/weight/<head>``, ``greedy/d_speed``, ...). TensorBoard gets the same scalars under
-``<split>/<key>`` in ``tensorboard/``.
+``<split>/<key>`` in ``tensorboard/``. ``summary.json`` (:func:`write_summary`) says what the
+run is and how it went, for reports.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mmjax import faults
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
+SUMMARY_FILE = 'summary.json'
 #: Keys measured on the wall clock (train split): the only ones a resumed run cannot repeat.
 TIMING_KEYS = ('steps_per_second',)
 
@@ -212,3 +214,30 @@ def summarize(records: Sequence[Mapping[str, Any]], heads: Sequence[str],
       'test_at_best': {h: test.get(best['epoch'], {}).get(f'accuracy/{h}', nan) for h in heads},
       'final_test': {h: test[max(test)].get(f'accuracy/{h}', nan) if test else nan for h in heads},
   }
+
+
+def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+  """Writes ``summary.json`` (see :func:`mmjax.train.run_summary`) atomically; nothing when empty."""
+  if not summary:
+    return
+  path = os.path.join(workdir, SUMMARY_FILE)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def read_summary(workdir: str) -> dict[str, Any] | None:
+  """A run's ``summary.json``, or None where there is none (a run from before its first epoch
+  ended); ValueError naming the file when it is not a JSON object."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      summary = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path} cannot be read as a run summary ({e}); delete it, and the next '
+                     'epoch of the run writes it again.') from None
+  if not isinstance(summary, dict):
+    raise ValueError(f'{path} holds a JSON {type(summary).__name__}, not a run summary; delete it.')
+  return summary

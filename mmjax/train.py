@@ -2,7 +2,9 @@
 
 ``train_and_evaluate(config, workdir)`` is what ``python -m mmjax.main`` calls; tests and
 notebooks call it directly. :class:`Trainer` holds what a run builds once (data, model,
-method, optimiser, compiled steps, mesh) and is what methods' host hooks receive.
+method, evaluators, optimiser, compiled steps, mesh); the methods' host hooks and the
+evaluators receive its :class:`~mmjax.context.RunContext` (``trainer.context``), not the trainer.
+At the end of every epoch the run's ``summary.json`` is rewritten (:func:`run_summary`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmjax import (checkpointing, config_lib, data, faults, methods, metrics, models, optim,
-                   workdir_lock)
+from mmjax import (checkpointing, config_lib, data, evaluators, faults, methods, metrics, models,
+                   optim, workdir_lock)
+from mmjax.context import RunContext
 from mmjax.errors import UserError
 from mmjax.progress import tqdm
 from mmjax.step import TrainState, finalize_eval, make_eval_step, make_train_step
@@ -113,7 +116,8 @@ def _check_positive_int(config: ml_collections.ConfigDict, key: str) -> int:
 
 
 class Trainer:
-  """What a run builds once: data, model, method, optimiser, mesh and compiled steps.
+  """What a run builds once: data, model, method, evaluators, optimiser, mesh, compiled steps,
+  and the :class:`RunContext` (``context``) its method and evaluators see.
 
   ``encoders`` (modality -> ``flax.linen`` module) replaces those modalities' encoders of
   ``config.model.encoders``; ``model`` replaces the whole model. ``self.config`` is then the
@@ -170,7 +174,16 @@ class Trainer:
     self.tx = optim.build_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs)
     self.learning_rate_fn = optim.learning_rate_schedule(config.optimizer, self.steps_per_epoch,
                                                          config.num_epochs)
-    self.method.setup(self)
+    self.context = RunContext(
+        config=config, seed=self.seed, dataset=self.dataset, model=self.model,
+        modalities=self.modalities, heads=self.heads, input_shapes=self.input_shapes,
+        mesh=self.mesh, replicated=self.replicated, steps_per_epoch=self.steps_per_epoch,
+        train_iterator=self.train_iterator, tx=self.tx, shard=self.shard,
+        put_global=self.put_global, evaluate=self.evaluate, eval_totals=self.eval_totals)
+    self.method.setup(self.context)
+    self.evaluators = evaluators.build_evaluators(config.evals)
+    for evaluator in self.evaluators:
+      evaluator.setup(self.context)
 
     self.train_step = make_train_step(self.model, self.method, self.tx)
     self.eval_step = make_eval_step(self.model, self.method)
@@ -301,9 +314,25 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _summary(workdir: str, heads: tuple[str, ...], selection_head: str) -> dict[str, Any]:
-  summary = metrics.summarize(metrics.read_metrics(workdir), heads, selection_head)
-  return {'workdir': workdir, **summary} if summary else {}
+def run_summary(workdir: str, trainer: Trainer) -> dict[str, Any]:
+  """The run's ``summary.json``: what it is and how it went, from ``metrics.jsonl``.
+
+  ``method``, ``heads``, ``modalities``, ``selection_head`` (whose val accuracy picks the best
+  epoch), ``evals`` (the evaluators run), ``plots`` (the report plots for its metrics: accuracy
+  and loss, then the method's and the evaluators' ``PLOTS``), ``num_epochs``, ``finished`` and
+  :func:`mmjax.metrics.summarize`'s ``epochs``, ``best_epoch``, ``best_val``, ``test_at_best``
+  and ``final_test``. Empty before the first val record.
+  """
+  method = trainer.method
+  scores = metrics.summarize(metrics.read_metrics(workdir), trainer.heads, method.selection_head)
+  if not scores:
+    return {}
+  plots = ['accuracy', 'loss', *method.PLOTS]
+  plots += [p for evaluator in trainer.evaluators for p in evaluator.PLOTS if p not in plots]
+  return {'method': method.name, 'heads': list(trainer.heads),
+          'modalities': list(trainer.modalities), 'evals': [e.name for e in trainer.evaluators],
+          'plots': plots, 'num_epochs': trainer.config.num_epochs,
+          'finished': scores['epochs'] >= trainer.config.num_epochs, **scores}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -393,12 +422,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
     for epoch in range(start_epoch, config.num_epochs):
       if epoch_step == 0:
         faults.maybe_fail('epoch_start')
-        state, hook_metrics = method.on_epoch_start(trainer, state, epoch)
+        state, hook_metrics = method.on_epoch_start(trainer.context, state, epoch)
         faults.maybe_fail('epoch_hook_done')
         if hook_metrics:
           writer.write(int(jax.device_get(state.step)), epoch, 'train', hook_metrics)
       else:
-        method.on_resume_within_epoch(trainer, state, epoch)
+        method.on_resume_within_epoch(trainer.context, state, epoch)
       first_step = int(jax.device_get(state.step)) - epoch_step
       pending, recent = [], []
       started = time.perf_counter()
@@ -442,13 +471,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
       evals = {}
       for split in ('val', 'test'):
         evals[split] = trainer.evaluate(state, split)
-        evals[split].update(method.eval_metrics(trainer, state, split, evals[split]))
+        for evaluator in trainer.evaluators:
+          evals[split].update(evaluator.evaluate(trainer.context, state, split, evals[split]))
         writer.write(step, epoch + 1, split, evals[split])
       writer.flush()
       epoch_step, sums = 0, EpochSums()
       ckpt.save(step, state, position(epoch + 1, 0),
                 val_accuracy=evals['val'][f'accuracy/{selection_head}'])
       faults.maybe_fail('checkpoint_saved')
+      if lead:
+        metrics.write_summary(workdir, run_summary(workdir, trainer))
       if lead:
         line = _epoch_line(epoch + 1, config.num_epochs, train_record, evals['val'], trainer.heads)
         if show_bar:
@@ -462,7 +494,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
     ckpt.wait()
     ckpt.close()
     writer.close()
-  summary = _summary(workdir, trainer.heads, selection_head)
+  summary = run_summary(workdir, trainer)
+  if lead:  # also when a rerun of a finished run (or one killed before the epoch's write) trains nothing
+    metrics.write_summary(workdir, summary)
+  summary = {'workdir': workdir, **summary} if summary else {}
   if summary and lead and (stop_after_epoch is None or stop_after_epoch >= config.num_epochs):
     print(_summary_table(summary))
   return summary

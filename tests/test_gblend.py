@@ -246,7 +246,7 @@ def test_vmap_and_sequential_estimates_match_a_reference_by_hand(online_trainer)
                ('train_before', 'heldout_before', 'train_after', 'heldout_after')}
   for head in HEADS:
     params, momentum = state.params, g0
-    for batch in method._estimation_batches(trainer, 0, 1)():  # pylint: disable=protected-access
+    for batch in method._estimation_batches(trainer.context, 0, 1)():  # pylint: disable=protected-access
       momentum = jax.tree.map(lambda gi, m: gi + 0.9 * m,
                               _copy_gradient(trainer, params, head, batch), momentum)
       params = jax.tree.map(lambda p, m: p - 0.1 * m, params, momentum)
@@ -255,7 +255,7 @@ def test_vmap_and_sequential_estimates_match_a_reference_by_hand(online_trainer)
       reference[f'{name}_after'].append(split_loss(params, head, split))
   for mode in ('vmap', 'sequential'):
     method.estimation = mode
-    measured = method.measure(trainer, state, epoch=0, num_epochs=1)
+    measured = method.measure(trainer.context, state, epoch=0, num_epochs=1)
     for key, values in reference.items():
       np.testing.assert_allclose(measured[key], values, rtol=1e-4, err_msg=f'{mode} {key}')
     np.testing.assert_allclose(measured['delta_g'], np.subtract(reference['heldout_before'],
@@ -269,7 +269,7 @@ def test_online_run_never_recompiles_and_logs_estimates(online_trainer):
   state = trainer.init_state()
   seen = []
   for epoch in range(config.num_epochs):
-    state, logged = method.on_epoch_start(trainer, state, epoch)
+    state, logged = method.on_epoch_start(trainer.context, state, epoch)
     seen.append(logged)
     for _ in range(trainer.steps_per_epoch):
       state, _ = trainer.jit_train_step(state, trainer.next_batch())
@@ -400,7 +400,7 @@ def test_gradient_heldout_stream_follows_a_resumed_main_stream(gradient_trainer)
   trainer, method = gradient_trainer, gradient_trainer.method
 
   def run_epoch(state, epoch):
-    state, _ = method.on_epoch_start(trainer, state, epoch)
+    state, _ = method.on_epoch_start(trainer.context, state, epoch)
     for _ in range(trainer.steps_per_epoch):
       state, _ = trainer.jit_train_step(state, trainer.next_batch())
     return state
@@ -410,7 +410,7 @@ def test_gradient_heldout_stream_follows_a_resumed_main_stream(gradient_trainer)
   position = trainer.train_iterator.get_state()
   full = run_epoch(middle, 1)
   trainer.train_iterator.set_state(position)  # what a restart restores from the checkpoint
-  method.setup(trainer)  # a fresh process: the V stream starts over
+  method.setup(trainer.context)  # a fresh process: the V stream starts over
   resumed = run_epoch(middle, 1)
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)

@@ -66,7 +66,7 @@ def trained(trainer):  # pylint: disable=redefined-outer-name
 def _method(trainer, **config):  # pylint: disable=redefined-outer-name
   """A greedy method with ``config`` set up on ``trainer``'s model and data."""
   method = greedy.BalancedMultimodalLearning(config, trainer.heads, trainer.modalities)
-  method.setup(trainer)
+  method.setup(trainer.context)
   return method
 
 
@@ -239,21 +239,21 @@ def test_utilization_rate_matches_a_network_built_by_hand(trainer, trained):
   # f'_k (Wu et al., Sec. 4.1) rebuilt with numpy from the parameters: branch k's MMTM sees the
   # other modality's squeeze replaced by its mean over the train split.
   state, _ = trained
-  method = trainer.method
+  ctx = trainer.context
+  [evaluator] = trainer.evaluators  # the greedy method lists the utilization evaluator
   assert trainer.model.mmtm_stages == (0,) and len(trainer.model.encoders['a'].stage_channels) == 1
   train_split, val = trainer.dataset.splits['train'], trainer.dataset.splits['val']
   train_features, _ = _hand_mmtm_network(state.params, train_split.inputs)
   means = {m: train_features[m].mean(0) for m in MODALITIES}
-  got = method.mean_squeeze(trainer, state)
+  got = evaluator.mean_squeeze(ctx, state)
   for m in MODALITIES:
     np.testing.assert_allclose(got[m][0], means[m], rtol=1e-4, atol=1e-6)
   _, full = _hand_mmtm_network(state.params, val.inputs)
   accuracy = lambda logits: float(np.mean(np.argmax(logits, -1) == val.label))
   a_f = accuracy((full['a'] + full['b']) / 2)
-  result = method.eval_metrics(trainer, state, 'val', trainer.evaluate(state, 'val'))
-  # The mean cross-entropy of every f'_k, from the method's own evaluation pass.
-  losses = trainer.evaluate(state, 'val', eval_step=lambda s, b, mask: (
-      method._jit_utilization_step(s, b, mask, got)))  # pylint: disable=protected-access
+  result = evaluator.evaluate(ctx, state, 'val', trainer.evaluate(state, 'val'))
+  # The mean cross-entropy of every f'_k, from the evaluator's own evaluation pass.
+  losses = evaluator.unimodal_results(ctx, state, 'val')
   for k, other in (('a', 'b'), ('b', 'a')):
     _, unimodal = _hand_mmtm_network(state.params, val.inputs, replace={other: means[other]})
     assert not np.allclose(unimodal[k], full[k], atol=1e-3)  # the replacement matters here
@@ -296,7 +296,8 @@ def test_three_modalities_use_spreads():
   state = three.init_state()
   logged = jax.device_get(three.method.state_metrics(state.method_state))
   assert 'greedy/speed_spread' in logged and 'greedy/d_speed' not in logged
-  evaluated = three.method.eval_metrics(three, state, 'val', three.evaluate(state, 'val'))
+  [evaluator] = three.evaluators
+  evaluated = evaluator.evaluate(three.context, state, 'val', three.evaluate(state, 'val'))
   assert 'greedy/util_spread' in evaluated and 'greedy/u/c' in evaluated
 
 

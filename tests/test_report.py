@@ -88,6 +88,10 @@ def test_run_without_metrics_is_named(tmp_path, runs):
 @pytest.mark.parametrize('make, match', [
     (lambda p: None, 'has no config.json'),
     (lambda p: (p / 'config.json').write_text('{}'), 'has no metrics yet'),
+    (lambda p: [(p / 'config.json').write_text('{}'),
+                (p / 'metrics.jsonl').write_text('{"step": 1, "epoch": 1, "split": "val"}\n'),
+                (p / 'summary.json').write_text('[1]')],
+     'summary.json holds a JSON list, not a run summary; delete it.'),
 ])
 def test_command_line_errors(tmp_path, capsys, make, match):
   run_dir = tmp_path / 'run'
@@ -337,7 +341,7 @@ def test_command_line_writes_tables_and_pngs(runs, tmp_path, capsys):
   assert report.main([runs[n][0] for n in names] + ['--out', str(out), '--dpi', '50']) == 0
   captured = capsys.readouterr()
   assert '| vanilla_s0 + vanilla_s1 | vanilla |' in captured.out
-  assert 'vanilla_s0/gblend_weights.png skipped: no gblend/weight/*' in captured.err
+  assert captured.err == ''  # each summary.json lists only the plots its run has metrics for
   expected = {'vanilla_s0': ['accuracy', 'loss'], 'vanilla_s1': ['accuracy', 'loss'],
               'gblend': ['accuracy', 'loss', 'gblend_weights', 'gblend_ogr'],
               'greedy': ['accuracy', 'loss', 'greedy_speed', 'greedy_utilization']}
@@ -349,7 +353,7 @@ def test_command_line_writes_tables_and_pngs(runs, tmp_path, capsys):
       image = imread(path)
       assert image.shape == (200, 320, 4) and image.std() > 0.05  # 6.4x4 in at 50 dpi, not blank
   text = (out / 'report.md').read_text()
-  assert '![greedy_speed.png](greedy/greedy_speed.png)' in text and '## Skipped plots' in text
+  assert '![greedy_speed.png](greedy/greedy_speed.png)' in text and '## Skipped plots' not in text
   assert (out / 'comparison.md').read_text() in text
   rows = list(csv.DictReader(io.StringIO((out / 'comparison.csv').read_text())))
   assert [r['group'] for r in rows] == ['vanilla_s0 + vanilla_s1', 'gblend', 'greedy']
@@ -361,3 +365,52 @@ def test_runs_with_the_same_base_name_get_distinct_names(runs, tmp_path):
     shutil.copytree(runs['vanilla_s0'][0], tmp_path / parent / 'run')
   loaded = report.load_runs([str(tmp_path / 'x' / 'run'), str(tmp_path / 'y' / 'run')])
   assert [r.name for r in loaded] == ['x_run', 'y_run']
+
+
+# ----- summary.json ------------------------------------------------------------------------------
+
+
+def test_summary_json_describes_each_run(runs):
+  expected_plots = {'vanilla_s0': ['accuracy', 'loss'],
+                    'gblend': ['accuracy', 'loss', 'gblend_weights', 'gblend_ogr'],
+                    'greedy': ['accuracy', 'loss', 'greedy_speed', 'greedy_utilization']}
+  for name, plots in expected_plots.items():
+    workdir, returned = runs[name]
+    with open(os.path.join(workdir, 'summary.json'), encoding='utf-8') as f:
+      summary = json.load(f)
+    assert summary == {k: v for k, v in returned.items() if k != 'workdir'}
+    assert summary['plots'] == plots and summary['method'] == name.split('_')[0]
+    assert summary['heads'] == list(HEADS) and summary['modalities'] == ['a', 'b']
+    assert summary['evals'] == (['utilization'] if name == 'greedy' else [])
+    assert summary['finished'] and summary['epochs'] == summary['num_epochs'] == 2
+    records = metrics.read_metrics(workdir)
+    assert summary['best_val'] == metrics.summarize(records, HEADS, 'fused')['best_val']
+    assert report.load_run(workdir).summary == summary
+
+
+def test_report_takes_selection_head_and_plots_from_summary_json(runs, tmp_path):
+  workdir = tmp_path / 'edited'
+  shutil.copytree(runs['vanilla_s0'][0], workdir)
+  summary = json.loads((workdir / 'summary.json').read_text())
+  summary.update(selection_head='a', plots=['loss', 'not_a_plot'])
+  (workdir / 'summary.json').write_text(json.dumps(summary))
+  run = report.load_run(workdir)
+  assert run.selection_head == 'a'
+  val = metrics.select(run.records, 'val')
+  best = max(val, key=lambda r: (r['accuracy/a'], -r['epoch']))['epoch']
+  assert report.comparison_table(run).runs[0]['best_epoch'] == best
+  result = report.write_report([run], str(tmp_path / 'out'), dpi=20)
+  assert sorted(os.listdir(tmp_path / 'out' / 'edited')) == ['loss.png']
+  assert result['skipped'] == ["edited/not_a_plot.png skipped: no report plot named 'not_a_plot' "
+                               'is registered (import the module that registers it).']
+
+
+def test_run_without_summary_json_gets_every_plot_its_metrics_allow(runs, tmp_path):
+  workdir = tmp_path / 'old'
+  shutil.copytree(runs['vanilla_s0'][0], workdir)
+  (workdir / 'summary.json').unlink()
+  run = report.load_run(workdir)
+  assert run.summary is None and run.selection_head == 'fused'
+  result = report.write_report([run], str(tmp_path / 'out'), dpi=20)
+  assert sorted(os.listdir(tmp_path / 'out' / 'old')) == ['accuracy.png', 'loss.png']
+  assert 'old/gblend_weights.png skipped: no gblend/weight/*' in ' '.join(result['skipped'])

@@ -1,7 +1,9 @@
 """Balancing methods: a registry from config names to :class:`~mmjax.methods.base.Method`.
 
 The same methods as pure functions for a train step of your own: :mod:`mmjax.methods.gblend_fn`
-(Gradient Blending) and :mod:`mmjax.methods.greedy_fn` (balanced multi-modal learning).
+(Gradient Blending) and :mod:`mmjax.methods.greedy_fn` (balanced multi-modal learning). Add a
+method of your own with :func:`register` (a config file that imports its module can then name it
+in ``method=NAME``); its ``DEFAULTS`` are its config options.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from mmjax.methods import gblend_fn, greedy_fn
-from mmjax.methods.base import Method, StepInfo
+from mmjax.methods.base import HostHooks, Method, StepInfo, StepPieces
 from mmjax.methods.gblend import GradientBlending
 from mmjax.methods.greedy import BalancedMultimodalLearning
 from mmjax.methods.weighted import Fixed, Uniform, Unimodal, Vanilla
@@ -20,6 +22,23 @@ METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (Vanilla, Uniform, Fixed, Unimodal, GradientBlending,
                               BalancedMultimodalLearning)
 }
+
+
+def register(cls: type[Method]) -> type[Method]:
+  """Class decorator: makes method ``cls`` available as ``method.name = cls.name``."""
+  if not (isinstance(cls, type) and issubclass(cls, Method)) or not cls.name:
+    raise ValueError(f'{cls!r} is not a Method subclass with a name.')
+  if METHODS.get(cls.name, cls) is not cls:
+    raise ValueError(f'method name {cls.name!r} is taken by {METHODS[cls.name].__qualname__}.')
+  METHODS[cls.name] = cls
+  return cls
+
+
+def scalar_options(name: str) -> dict[str, Any]:
+  """The options of method ``name`` that a config-file argument can set: those whose default
+  is a bool, int, float or str."""
+  return {k: v for k, v in get_method_class(name).DEFAULTS.items()
+          if isinstance(v, (bool, int, float, str))}
 
 
 def get_method_class(name: str) -> type[Method]:
@@ -51,5 +70,6 @@ def build_method(config: Mapping[str, Any], heads: Sequence[str], modalities: Se
   return cls(config, heads, modalities)
 
 
-__all__ = ['METHODS', 'Method', 'StepInfo', 'build_method', 'gblend_fn', 'get_method_class',
-           'greedy_fn', 'method_config']
+__all__ = ['METHODS', 'HostHooks', 'Method', 'StepInfo', 'StepPieces', 'build_method',
+           'gblend_fn', 'get_method_class', 'greedy_fn', 'method_config', 'register',
+           'scalar_options']

@@ -1,10 +1,18 @@
-"""The interface every balancing method implements.
+"""The interface every balancing method implements: :class:`Method` = :class:`StepPieces` +
+:class:`HostHooks`.
 
-A method is a small object whose pieces run inside the one compiled train step (its state,
-the keyword arguments it passes to the model, the objective it builds from the per-head
-losses, how it computes gradients, how it updates its own state) plus host-side hooks that
-run between epochs (G-Blend's weight estimation) or at evaluation (greedy learning's
-utilisation rates).
+- :class:`StepPieces` run inside the one compiled train step: the method's state, the keyword
+  arguments it passes to the model, the objective it builds from the per-head losses, how it
+  computes gradients, how it updates its own state. They see arrays only.
+- :class:`HostHooks` run on the host: config and data set-up, and work between epochs
+  (G-Blend's weight estimation), which may call compiled functions. They see the run's
+  :class:`~mmjax.context.RunContext`, never the trainer. Evaluations beyond loss and accuracy
+  are evaluators (:mod:`mmjax.evaluators`), listed in ``config.evals``.
+
+A method also declares its config options (``DEFAULTS``: every scalar one is a config-file
+argument, ``configs/X.py:method=NAME,KEY=VALUE``) and its report plots (``PLOTS``: names of
+:mod:`mmjax.report` plot functions, written to the run's ``summary.json``). Register a method
+of your own with :func:`mmjax.methods.register`.
 
 Every method keeps its per-head loss weights as arrays in ``method_state['weights']``, so a
 change of weight never retraces the step. The objective follows one rule for all methods:
@@ -18,10 +26,13 @@ change of weight never retraces the step. The objective follows one rule for all
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+  from mmjax.context import RunContext
 
 Array = jax.Array
 PyTree = Any
@@ -70,50 +81,10 @@ def head_grad_scales(weights: Mapping[str, Array]) -> dict[str, Array]:
   return {h: (w > 0).astype(jnp.float32) for h, w in weights.items()}
 
 
-class Method:
-  """Base class: fixed weights from :meth:`initial_weights`, plain gradients."""
+class StepPieces:
+  """The pieces of the compiled train step (traced; method state is a pytree of arrays)."""
 
-  name: ClassVar[str] = ''
-  #: The method's config keys and their defaults (besides ``name``).
-  DEFAULTS: ClassVar[dict[str, Any]] = {}
-
-  def __init__(self, config: Mapping[str, Any], heads: Sequence[str], modalities: Sequence[str]):
-    self.config = config
-    self.heads = tuple(heads)
-    self.modalities = tuple(modalities)
-
-  # ----- set-up hooks (host) -----------------------------------------------------------------
-  @classmethod
-  def adjust_config(cls, config: Any) -> None:
-    """Adapts an experiment config built by a config file to this method, in place.
-
-    Called by the config files after ``config.method`` is set (e.g. a method that needs the
-    MMTM model sets ``config.model`` here). The default changes nothing.
-    """
-    del config
-
-  @classmethod
-  def model_modalities(cls, config: Mapping[str, Any], modalities: Sequence[str]) -> tuple[str, ...]:
-    """The modalities the model is built with (all of them unless a method says otherwise)."""
-    del config
-    return tuple(modalities)
-
-  def prepare_data(self, dataset: Any, seed: int) -> Any:
-    """May replace the data set before training (G-Blend carves out its held-out slice)."""
-    del seed
-    return dataset
-
-  @property
-  def selection_head(self) -> str:
-    """The head whose validation accuracy selects the best checkpoint."""
-    return 'fused'
-
-  def setup(self, trainer: Any) -> None:
-    """Called once the trainer has its data, model and iterator, before any step is traced.
-
-    Methods read static facts here (``trainer.steps_per_epoch``, ``trainer.dataset``).
-    """
-    del trainer
+  heads: tuple[str, ...]
 
   def initial_weights(self) -> dict[str, float]:
     """Per-head loss weights at the start of training."""
@@ -123,7 +94,6 @@ class Method:
     """The method's state: a pytree of arrays that lives in the train state and checkpoint."""
     return {'weights': {h: jnp.float32(w) for h, w in self.initial_weights().items()}}
 
-  # ----- pieces of the compiled train step -----------------------------------------------------
   def model_kwargs(self, method_state: PyTree, rng: Array) -> dict[str, Any]:
     """Keyword arguments for the model's training forward pass (traced arrays only)."""
     del rng
@@ -135,17 +105,16 @@ class Method:
     return {}
 
   def objective(self, losses: Mapping[str, Array], method_state: PyTree) -> Array:
+    """The differentiated loss (:func:`probe_objective`)."""
     return probe_objective(losses, method_state['weights'])
 
   def gradients(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
                 method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
     """``((loss, aux), grads)`` of ``loss_fn(params, batch)``; methods may compute more.
 
-    ``loss_fn(params, batch, rng=key)`` runs the forward pass with dropout key ``key`` instead
-    of the step's own (G-Blend gives each of its extra forward passes an independent key).
-    ``aux`` is ``(outputs, losses, model_state, intermediates)``; a method that measures
-    something while computing gradients adds it to ``intermediates`` under its own name, and
-    reads it back in :meth:`update_state` as ``info.aux[name]`` (G-Blend's gradient estimator).
+    ``loss_fn(params, batch, rng=key)`` runs the forward pass with dropout key ``key``.
+    ``aux`` is ``(outputs, losses, model_state, intermediates)``; a method adds what it
+    measures to ``intermediates`` under its name and reads it in :meth:`update_state`.
     """
     del method_state
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
@@ -155,34 +124,74 @@ class Method:
     del info
     return method_state, {}
 
-  # ----- host hooks -----------------------------------------------------------------------------
+
+class HostHooks:
+  """The host-side hooks; those that run during training get the run's :class:`RunContext`."""
+
+  name: ClassVar[str]
+  heads: tuple[str, ...]
+
+  @classmethod
+  def adjust_config(cls, config: Any) -> None:
+    """Adapts a config built by a config file to this method, in place (e.g. the model or
+    ``config.evals`` it needs); called after ``config.method`` is set."""
+    del config
+
+  @classmethod
+  def model_modalities(cls, config: Mapping[str, Any], modalities: Sequence[str]) -> tuple[str, ...]:
+    """The modalities the model is built with (all of them unless a method says otherwise)."""
+    del config
+    return tuple(modalities)
+
+  @classmethod
+  def reads_num_epochs(cls, config: Mapping[str, Any]) -> bool:
+    """Whether the method's training depends on ``num_epochs`` (then a resume may not grow it)."""
+    del config
+    return False
+
+  def prepare_data(self, dataset: Any, seed: int) -> Any:
+    """May replace the data set before training (G-Blend carves out its held-out slice)."""
+    del seed
+    return dataset
+
+  @property
+  def selection_head(self) -> str:
+    """The head whose validation accuracy selects the best checkpoint."""
+    return 'fused'
+
+  def setup(self, ctx: RunContext) -> None:
+    """Once the run has its data, model and iterator, before any step is traced."""
+    del ctx
+
   def extend_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-    """May add method-specific entries to each training batch (host side, numpy)."""
+    """May add method-specific entries to each training batch (numpy)."""
     return batch
 
-  def on_epoch_start(self, trainer: Any, state: Any, epoch: int) -> tuple[Any, dict[str, float]]:
-    """Host-side work before epoch ``epoch`` (0-based); returns the state and metrics to log."""
-    del trainer, epoch
+  def on_epoch_start(self, ctx: RunContext, state: Any, epoch: int) -> tuple[Any, dict[str, float]]:
+    """Before epoch ``epoch`` (0-based): the new train state and metrics to log."""
+    del ctx, epoch
     return state, {}
 
-  def on_resume_within_epoch(self, trainer: Any, state: Any, epoch: int) -> None:
-    """Host-side state after a resume inside epoch ``epoch`` (the train iterator is in place).
-
-    ``on_epoch_start`` of that epoch ran before the checkpoint; its effect on the train state
-    is restored with it, so only host-side positions (e.g. a second batch stream) are set here.
-    """
-    del trainer, state, epoch
+  def on_resume_within_epoch(self, ctx: RunContext, state: Any, epoch: int) -> None:
+    """After a resume inside epoch ``epoch``: host-side positions only (the train state, with
+    the effect of that epoch's :meth:`on_epoch_start`, comes from the checkpoint)."""
+    del ctx, state, epoch
 
   def state_metrics(self, method_state: PyTree) -> dict[str, Array]:
     """Metrics logged with the train split at the end of every epoch."""
     return {f'{self.name}/weight/{h}': w for h, w in method_state['weights'].items()}
 
-  def eval_metrics(self, trainer: Any, state: Any, split: str, evaluated: Mapping[str, float]
-                   ) -> dict[str, float]:
-    """Extra metrics on an evaluation split (host side, may call compiled functions).
 
-    ``evaluated`` holds the split's ``loss/<head>`` and ``accuracy/<head>`` already computed
-    by :meth:`Trainer.evaluate`, so a method need not run the full model again.
-    """
-    del trainer, state, split, evaluated
-    return {}
+class Method(StepPieces, HostHooks):
+  """A balancing method: fixed weights from :meth:`initial_weights`, plain gradients."""
+
+  name: ClassVar[str] = ''
+  #: The method's config options and their defaults (besides ``name``).
+  DEFAULTS: ClassVar[dict[str, Any]] = {}
+  #: The report plots (names in :data:`mmjax.report.PLOT_FUNCTIONS`) besides accuracy and loss.
+  PLOTS: ClassVar[tuple[str, ...]] = ()
+
+  def __init__(self, config: Mapping[str, Any], heads: Sequence[str], modalities: Sequence[str]):
+    self.config = config
+    self.heads = tuple(heads)
+    self.modalities = tuple(modalities)

@@ -72,6 +72,7 @@ import numpy as np
 
 from mmjax import data
 from mmjax import step as step_lib
+from mmjax.context import RunContext
 from mmjax.data.dataset import check_choice, check_float, check_fraction, check_int, derive_seed
 from mmjax.methods import gblend_fn, ogr
 from mmjax.methods.base import Method, StepInfo
@@ -120,6 +121,7 @@ class GradientBlending(Method):
   """G-Blend with the ``offline``, ``online`` and ``gradient`` estimators (module docstring)."""
 
   name = 'gblend'
+  PLOTS = ('gblend_weights', 'gblend_ogr')
   DEFAULTS = {
       'estimator': 'online',  # offline | online | gradient
       'heldout_fraction': 0.08,  # share of train held out as V
@@ -164,6 +166,12 @@ class GradientBlending(Method):
     """Checks the method options when the config is built (the config itself is unchanged)."""
     cls(config.method, ('fused', *config.model.encoders), tuple(config.model.encoders))
 
+  @classmethod
+  def reads_num_epochs(cls, config: Mapping[str, Any]) -> bool:
+    """Offline and online estimation runs are sized by ``num_epochs``; the gradient estimator's
+    are not."""
+    return config.get('estimator', cls.DEFAULTS['estimator']) != 'gradient'
+
   def prepare_data(self, dataset: data.MultiModalDataset, seed: int) -> data.MultiModalDataset:
     """Holds out ``V`` (stratified) from train and picks ``T'`` among the rest; returns train - V."""
     train = dataset.splits['train']
@@ -176,41 +184,41 @@ class GradientBlending(Method):
     self.train_subset = remaining.take(np.sort(order[:len(heldout)]))
     return dataclasses.replace(dataset, splits={**dataset.splits, 'train': remaining})
 
-  def setup(self, trainer: Any) -> None:
+  def setup(self, ctx: RunContext) -> None:
     example = {m: jax.ShapeDtypeStruct((1, *shape), jnp.float32)
-               for m, shape in trainer.input_shapes.items()}
-    shapes = jax.eval_shape(lambda x: trainer.model.init(jax.random.PRNGKey(0), x, train=False),
+               for m, shape in ctx.input_shapes.items()}
+    shapes = jax.eval_shape(lambda x: ctx.model.init(jax.random.PRNGKey(0), x, train=False),
                             example)['params']
-    self._parameter_groups = trainer.model.parameter_groups(shapes)
+    self._parameter_groups = ctx.model.parameter_groups(shapes)
     fusion = sorted({g for g in jax.tree.leaves(self._parameter_groups)
                      if groups.kind_of(g) == groups.FUSION})
     if fusion:
       raise ValueError(
           f"method 'gblend' needs unimodal heads that read only their own modality, but model "
-          f'{trainer.config.model.name!r} has fusion layers ({", ".join(fusion)}) between the '
+          f'{ctx.config.model.name!r} has fusion layers ({", ".join(fusion)}) between the '
           "branches, so an estimation copy of one modality's head would train the others too; "
           "use model.name = 'late_fusion'.")
-    self._seed = trainer.seed
-    self._num_epochs = int(trainer.config.num_epochs)
-    self._train_iterator = trainer.train_iterator
+    self._seed = ctx.seed
+    self._num_epochs = int(ctx.config.num_epochs)
+    self._train_iterator = ctx.train_iterator
     if self.estimator == 'gradient':
-      if trainer.config.batch_size % (2 * trainer.mesh.size):
+      if ctx.config.batch_size % (2 * ctx.mesh.size):
         raise ValueError(
-            f'batch_size = {trainer.config.batch_size}: the gradient estimator splits each batch '
-            f'in two halves over {trainer.mesh.size} device(s), so batch_size must be a multiple '
-            f'of {2 * trainer.mesh.size}.')
-      size = self.heldout_batch_size or min(trainer.config.batch_size, len(self.heldout))
-      size -= size % trainer.mesh.size
+            f'batch_size = {ctx.config.batch_size}: the gradient estimator splits each batch '
+            f'in two halves over {ctx.mesh.size} device(s), so batch_size must be a multiple '
+            f'of {2 * ctx.mesh.size}.')
+      size = self.heldout_batch_size or min(ctx.config.batch_size, len(self.heldout))
+      size -= size % ctx.mesh.size
       if not 0 < size <= len(self.heldout):
         raise ValueError(
             f'method.heldout_batch_size: the held-out slice has {len(self.heldout)} examples, '
-            f'too few for a batch of {size or trainer.mesh.size} on {trainer.mesh.size} devices; '
+            f'too few for a batch of {size or ctx.mesh.size} on {ctx.mesh.size} devices; '
             'raise method.heldout_fraction or set method.heldout_batch_size.')
       self._heldout_iterator = data.TrainIterator(
           self.heldout, size, derive_seed(self._seed, _HELDOUT_BATCH_STREAM))
     estimation = SingleHeadTraining({}, self.heads, self.modalities)
-    estimation_step = step_lib.make_train_step(trainer.model, estimation, trainer.tx)
-    eval_step = step_lib.make_eval_step(trainer.model, estimation)
+    estimation_step = step_lib.make_train_step(ctx.model, estimation, ctx.tx)
+    eval_step = step_lib.make_eval_step(ctx.model, estimation)
     self._estimation_step = jax.jit(estimation_step)
     self._estimation_eval = jax.jit(eval_step)
     self._stacked_estimation_step = jax.jit(jax.vmap(estimation_step, in_axes=(0, None)))
@@ -323,7 +331,7 @@ class GradientBlending(Method):
       return 0
     return self.estimation_epochs or min(length, self._num_epochs - epoch)
 
-  def on_epoch_start(self, trainer: Any, state: Any, epoch: int) -> tuple[Any, dict[str, float]]:
+  def on_epoch_start(self, ctx: RunContext, state: Any, epoch: int) -> tuple[Any, dict[str, float]]:
     """Offline/online: re-estimates the weights at a super-epoch boundary (Algorithms 2, 3).
 
     Gradient: puts the ``V`` batch stream at the main stream's position (one ``V`` batch per
@@ -336,18 +344,18 @@ class GradientBlending(Method):
     num_epochs = self.estimation_epochs_at(epoch)
     if not num_epochs:
       return state, {}
-    measured = self.measure(trainer, state, epoch, num_epochs)
+    measured = self.measure(ctx, state, epoch, num_epochs)
     check_finite_estimate(measured, self.heads, epoch)
     weights = ogr.blend_weights(measured['delta_g'], measured['delta_o'], self.min_delta_o,
                                 self.weight_rule)
     method_state = dict(state.method_state)
     method_state.update(self._estimate_state(weights, measured['delta_g'], measured['delta_o']))
-    state = state.replace(method_state=jax.device_put(method_state, trainer.replicated))
+    state = state.replace(method_state=jax.device_put(method_state, ctx.replicated))
     return state, {k: float(v) for k, v in jax.device_get(self.state_metrics(method_state)).items()}
 
-  def on_resume_within_epoch(self, trainer: Any, state: Any, epoch: int) -> None:
+  def on_resume_within_epoch(self, ctx: RunContext, state: Any, epoch: int) -> None:
     """Gradient: puts the ``V`` batch stream back at the main stream's position."""
-    del trainer, state, epoch
+    del ctx, state, epoch
     if self.estimator == 'gradient':
       self._heldout_iterator.set_state(
           {**self._heldout_iterator.get_state(), 'step': self._train_iterator.step})
@@ -359,7 +367,7 @@ class GradientBlending(Method):
             for h in self.heads}
 
   # ----- estimation (Algorithm 1) ---------------------------------------------------------------
-  def measure(self, trainer: Any, state: Any, epoch: int, num_epochs: int) -> dict[str, Array]:
+  def measure(self, ctx: RunContext, state: Any, epoch: int, num_epochs: int) -> dict[str, Array]:
     """``GB_Estimate(phi^N, n)`` (Algorithm 1) without the last step: ``dG``, ``dO`` per head.
 
     Trains ``k + 1`` copies of ``state``, copy ``i`` on head ``i`` alone, for ``num_epochs``
@@ -375,47 +383,47 @@ class GradientBlending(Method):
       return ogr.as_vector({h: results[f'{key}/{h}'] for h in self.heads}, self.heads)
 
     def evaluate(s, eval_step=None):
-      return tuple(metric_vector(trainer.evaluate(s, split, eval_step=eval_step))
+      return tuple(metric_vector(ctx.evaluate(s, split, eval_step=eval_step))
                    for split in splits)
 
     def single_head_copy(s, i):
       weights = {h: jnp.float32(1.0 if j == i else 0.0) for j, h in enumerate(self.heads)}
-      return jax.device_put(s.replace(method_state={'weights': weights}), trainer.replicated)
+      return jax.device_put(s.replace(method_state={'weights': weights}), ctx.replicated)
 
     if self.estimation == 'vmap':
       options = dict(
           stacked=True,
-          train_step=lambda s, batch: self._stacked_estimation_step(s, trainer.shard(batch))[0],
+          train_step=lambda s, batch: self._stacked_estimation_step(s, ctx.shard(batch))[0],
           evaluate_copies=lambda s: tuple(
               jnp.stack([metric_vector(per_copy[h]) for h in self.heads])
-              for per_copy in (self._evaluate_stacked(trainer, s, split) for split in splits)),
-          stack=lambda copies: jax.device_put(gblend_fn.stack_copies(copies), trainer.replicated))
+              for per_copy in (self._evaluate_stacked(ctx, s, split) for split in splits)),
+          stack=lambda copies: jax.device_put(gblend_fn.stack_copies(copies), ctx.replicated))
     else:
       options = dict(
-          train_step=lambda s, batch: self._estimation_step(s, trainer.shard(batch))[0],
+          train_step=lambda s, batch: self._estimation_step(s, ctx.shard(batch))[0],
           evaluate_copies=lambda s: evaluate(s, eval_step=self._estimation_eval))
     return gblend_fn.measure_deltas(
         state, len(self.heads), single_head_copy=single_head_copy, evaluate=evaluate,
-        batches=self._estimation_batches(trainer, epoch, num_epochs), metric=self.metric,
+        batches=self._estimation_batches(ctx, epoch, num_epochs), metric=self.metric,
         **options)
 
-  def _estimation_batches(self, trainer: Any, epoch: int, num_epochs: int
+  def _estimation_batches(self, ctx: RunContext, epoch: int, num_epochs: int
                           ) -> Callable[[], Any]:
     """A function returning the estimation's batch stream afresh (the same for every copy)."""
-    split = trainer.dataset.splits['train']
+    split = ctx.dataset.splits['train']
     seed = derive_seed(self._seed, _ESTIMATION_DATA_STREAM, epoch)
 
     def batches():
-      iterator = data.TrainIterator(split, trainer.config.batch_size, seed)
+      iterator = data.TrainIterator(split, ctx.config.batch_size, seed)
       for _ in range(num_epochs * iterator.steps_per_epoch):
         yield next(iterator)
 
     return batches
 
-  def _evaluate_stacked(self, trainer: Any, stacked: Any, split: data.Split
+  def _evaluate_stacked(self, ctx: RunContext, stacked: Any, split: data.Split
                         ) -> dict[str, dict[str, float]]:
-    """:meth:`Trainer.evaluate` of every stacked copy: ``{head_of_copy: {metric: mean}}``."""
-    totals = trainer.eval_totals(stacked, split, self._stacked_estimation_eval)
+    """``ctx.evaluate`` of every stacked copy: ``{head_of_copy: {metric: mean}}``."""
+    totals = ctx.eval_totals(stacked, split, self._stacked_estimation_eval)
     return {head: step_lib.finalize_eval({k: v[i] for k, v in totals.items()})
             for i, head in enumerate(self.heads)}
 

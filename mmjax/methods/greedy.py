@@ -38,7 +38,9 @@ the running average of each branch is updated from *its own* scales (the code up
 1's with branch 0's), and only on normal training steps (the code also updates them in
 evaluation forwards). The average is the cumulative mean over those steps, as in the code.
 
-**Conditional utilization rate** (Sec. 4.1), at each evaluation: the uni-modal network
+**Conditional utilization rate** (Sec. 4.1), at each evaluation, by the ``utilization``
+evaluator (:mod:`mmjax.evaluators.utilization`, which the method lists in ``config.evals``; any
+MMTM run may list it): the uni-modal network
 ``f'_k`` is the same network whose branch-``k`` MMTMs see every other modality's squeeze
 replaced by its mean over the training set (one eval-mode pass over the train split, shared by
 val and test), read from head ``k``. With ``A`` the accuracy,
@@ -61,13 +63,13 @@ a train loop of your own can call without this class.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmjax.context import RunContext
 from mmjax.data.dataset import derive_seed
 from mmjax.methods import greedy_fn
 from mmjax.methods.base import Method, StepInfo
@@ -75,7 +77,6 @@ from mmjax.methods.base import Method, StepInfo
 from mmjax.methods.greedy_fn import (MODES, conditional_learning_speed,
                                      conditional_utilization_rate, learning_speed_ratios)
 from mmjax.models.mmtm import MMTMClassifier
-from mmjax.step import eval_sums
 
 Array = jax.Array
 PyTree = Any
@@ -85,10 +86,19 @@ RNG_STREAM = 0x67726479
 the trainer's ``PRNGKey(seed)`` (whose halves initialise the model and drive dropout)."""
 
 
+def difference_metrics(prefix: str, key: str, values: Sequence[Any]) -> dict[str, Any]:
+  """``<prefix>/d_<key> = v_0 - v_1`` for two modalities, ``<prefix>/<key>_spread = max - min``
+  for more."""
+  if len(values) == 2:
+    return {f'{prefix}/d_{key}': values[0] - values[1]}
+  return {f'{prefix}/{key}_spread': max(values) - min(values)}
+
+
 class BalancedMultimodalLearning(Method):
   """Greedy-learning diagnostics and guided re-balancing over the MMTM network."""
 
   name = 'greedy'
+  PLOTS = ('greedy_speed',)
   DEFAULTS = {
       'mode': 'guided',  # guided | random | off
       'alpha': 0.01,  # threshold on |d_speed| (epsilon in the official code)
@@ -118,12 +128,12 @@ class BalancedMultimodalLearning(Method):
     self.start_step = 0
     self.mmtm_channels: tuple[dict[str, int], ...] = ()
     self._seed = 0
-    self._mean_squeeze_cache: tuple[int, PyTree] | None = None
 
   # ----- set-up ---------------------------------------------------------------------------------
   @classmethod
   def adjust_config(cls, config: Any) -> None:
-    """Switches the model to the MMTM network over the same per-modality encoders.
+    """Switches the model to the MMTM network over the same per-modality encoders, and lists
+    the conditional utilization rate in ``config.evals`` (:mod:`mmjax.evaluators.utilization`).
 
     ``model.mmtm_stages = ()`` places MMTMs after the encoders' last three stages (all stages
     if fewer): ResNet-18 ``layer2..4`` as Wu et al., stages 1-3 of the CNN, every MLP stage.
@@ -131,19 +141,18 @@ class BalancedMultimodalLearning(Method):
     config.model = ml_collections.ConfigDict({
         'name': 'mmtm', 'encoders': config.model.encoders.to_dict(), 'mmtm_stages': (),
         'mmtm_ratio': 4})
+    with config.evals.unlocked():
+      config.evals.utilization = {}
 
-  def setup(self, trainer: Any) -> None:
-    if not isinstance(trainer.model, MMTMClassifier):
+  def setup(self, ctx: RunContext) -> None:
+    if not isinstance(ctx.model, MMTMClassifier):
       raise ValueError(
           f"method 'greedy' needs model.name = 'mmtm' (set by the method's adjust_config); got "
-          f'model {trainer.config.model.name!r}.')
-    self.start_step = (self.starting_epoch - 1) * trainer.steps_per_epoch
-    self.mmtm_channels = trainer.model.mmtm_channels
-    self._parameter_groups = trainer.model.parameter_groups
-    self._seed = trainer.seed
-    model = trainer.model
-    self._jit_squeeze_sums = jax.jit(functools.partial(_squeeze_sums, model))
-    self._jit_utilization_step = jax.jit(functools.partial(_utilization_eval_step, model))
+          f'model {ctx.config.model.name!r}.')
+    self.start_step = (self.starting_epoch - 1) * ctx.steps_per_epoch
+    self.mmtm_channels = ctx.model.mmtm_channels
+    self._parameter_groups = ctx.model.parameter_groups
+    self._seed = ctx.seed
 
   def initial_weights(self) -> dict[str, float]:
     return {h: 0.0 if h == 'fused' else 1.0 for h in self.heads}
@@ -178,54 +187,10 @@ class BalancedMultimodalLearning(Method):
     speed = conditional_learning_speed(sums['own'], sums['fusion'])
     out = super().state_metrics(method_state)
     out.update({f'{self.name}/speed/{m}': s for m, s in speed.items()})
-    out.update(self._difference('speed', [speed[m] for m in self.modalities]))
+    out.update(difference_metrics(self.name, 'speed', [speed[m] for m in self.modalities]))
     out.update({f'{self.name}/rebalance/{m}': c for m, c in method_state['rebalance_steps'].items()})
     return out
 
-  def _difference(self, key: str, values: Sequence[Any]) -> dict[str, Any]:
-    """``d_<key> = v_0 - v_1`` for two modalities, ``<key>_spread = max - min`` for more."""
-    if len(values) == 2:
-      return {f'{self.name}/d_{key}': values[0] - values[1]}
-    return {f'{self.name}/{key}_spread': max(values) - min(values)}
-
-  def mean_squeeze(self, trainer: Any, state: Any) -> dict[str, tuple[Array, ...]]:
-    """Per modality and MMTM, the mean squeeze over the train split (eval mode), cached per step."""
-    step = int(jax.device_get(state.step))
-    if self._mean_squeeze_cache is None or self._mean_squeeze_cache[0] != step:
-      totals = trainer.eval_totals(state, 'train', self._jit_squeeze_sums)
-      means = jax.tree.map(lambda s: s / totals['count'], totals['sums'])
-      self._mean_squeeze_cache = (step, jax.device_put(means, trainer.replicated))
-    return self._mean_squeeze_cache[1]
-
-  def eval_metrics(self, trainer: Any, state: Any, split: str, evaluated: Mapping[str, float]
-                   ) -> dict[str, float]:
-    """Accuracy of every ``f'_k`` and the utilization rates, against ``A(f)`` in ``evaluated``."""
-    mean_squeeze = self.mean_squeeze(trainer, state)
-    results = trainer.evaluate(
-        state, split, eval_step=lambda s, b, mask: self._jit_utilization_step(s, b, mask, mean_squeeze))
-    unimodal = {m: results[f'accuracy/{m}'] for m in self.modalities}
-    util = conditional_utilization_rate(evaluated['accuracy/fused'], unimodal)
-    out = {f'{self.name}/acc_unimodal/{m}': a for m, a in unimodal.items()}
-    out.update({f'{self.name}/u/{m}': u for m, u in util.items()})
-    out.update(self._difference('util', [util[m] for m in self.modalities]))
-    return out
-
-
-def _squeeze_sums(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array
-                  ) -> dict[str, Any]:
-  """Masked sums of every MMTM's squeeze inputs over a batch, in eval mode."""
-  return greedy_fn.squeeze_sums(model.apply, {'params': state.params, **state.model_state},
-                                batch['inputs'], mask, model.modalities, train=False)
-
-
-def _utilization_eval_step(model: MMTMClassifier, state: Any, batch: Mapping[str, Any], mask: Array,
-                           mean_squeeze: PyTree) -> dict[str, Array]:
-  """Eval sums of every uni-modal ``f'_k`` (head ``k`` with the others' squeezes at their means)."""
-  unimodal = greedy_fn.unimodal_outputs(
-      model.apply, {'params': state.params, **state.model_state}, batch['inputs'], mean_squeeze,
-      model.modalities, train=False)
-  return eval_sums(unimodal, batch['label'], mask)
-
 
 __all__ = ['BalancedMultimodalLearning', 'MODES', 'RNG_STREAM', 'conditional_learning_speed',
-           'conditional_utilization_rate', 'learning_speed_ratios']
+           'conditional_utilization_rate', 'difference_metrics', 'learning_speed_ratios']

@@ -47,6 +47,13 @@ class Fixed(Method):
           f"--config.method.weights='{{{', '.join(repr(h) + ': 1.0' for h in heads)}}}'.")
     self._weights = validate_weights(weights, self.heads, 'method.weights')
 
+  @classmethod
+  def adjust_config(cls, config: Any) -> None:
+    """Weight 1 for every head (``fused`` and each encoder's modality) where ``method.weights``
+    is empty, to override with ``--config.method.weights.<head>=w``."""
+    if not config.method.get('weights'):
+      config.method.weights = {h: 1.0 for h in ('fused', *config.model.encoders)}
+
   def initial_weights(self) -> dict[str, float]:
     return dict(self._weights)
 
