@@ -70,10 +70,8 @@ def load_doc_config(name, where, arg, **data_options):
   """The doc's config file ``name``, imported as ``python -m mmjax.main`` imports it (which
   registers its data set in this process), with ``get_config(arg)`` and data options set."""
   from mmjax import main  # pylint: disable=import-outside-toplevel
-  config, _, _ = main.parse_flags([f'--config={write_doc_file(name, where)}:{arg}',
-                                   '--workdir=unused',
-                                   *[f'--config.data.{k}={v}' for k, v in data_options.items()]])
-  return config
+  return main.parse_flags([f'--config={write_doc_file(name, where)}:{arg}', '--workdir=unused',
+                           *[f'--config.data.{k}={v}' for k, v in data_options.items()]]).config
 
 
 # ----------------------------------------------------------------------------- the doc, end to end

@@ -369,9 +369,9 @@ def test_whole_model_with_wrong_outputs_is_refused_in_one_line(tmp_path):
     ('configs/ucimf.py:views=fou+pix,encoder_pix=test_tiny_staged', 'pix', 'widths', '(4, 3)'),
 ])
 def test_config_argument_switches_an_encoder_with_its_defaults(config_arg, modality, option, value):
-  config, _, _ = main.parse_flags(
+  config = main.parse_flags(
       ['--config', config_arg, f'--config.model.encoders.{modality}.{option}={value}',
-       '--workdir', '/unused'])
+       '--workdir', '/unused']).config
   section = config.model.encoders[modality].to_dict()
   name = section.pop('name')
   expected = models.encoder_config(name)
