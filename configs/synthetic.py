@@ -4,8 +4,9 @@
 
 Arguments: method=NAME; smoke; seed=N; encoder=NAME (both modalities; default mlp) and
 encoder_a=NAME, encoder_b=NAME (one modality), each with that encoder's defaults, then
-overridable with --config.model.encoders.<modality>.<option>=VALUE; and the method options
-modality=NAME (unimodal), estimator=... (gblend), mode=... (greedy). The data options are set with
+overridable with --config.model.encoders.<modality>.<option>=VALUE; and any scalar option of the
+chosen method (``mmjax list methods``), e.g. modality=NAME (unimodal), estimator=... (gblend),
+mode=... (greedy). The data options are set with
 --config.data.KEY=VALUE, per modality for dim, signal (class separation), clusters_per_class
 (difficulty: 1 is linearly separable, K >= 2 an XOR-like layout), shortcut (a train-only
 label shortcut) and noise_dims (label-independent features appended), e.g.

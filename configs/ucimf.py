@@ -5,8 +5,9 @@
 
 Arguments: views=V1+V2[+...] from fou, fac, kar, pix, zer, mor; method=NAME; smoke; seed=N;
 encoder=NAME (every view; default mlp) and encoder_<view>=NAME (one view), each with that
-encoder's defaults, then overridable with --config.model.encoders.<view>.<option>=VALUE; and the
-method options modality=VIEW (unimodal), estimator=... (gblend), mode=... (greedy).
+encoder's defaults, then overridable with --config.model.encoders.<view>.<option>=VALUE; and any
+scalar option of the chosen method (``mmjax list methods``), e.g. modality=VIEW (unimodal),
+estimator=... (gblend), mode=... (greedy).
 """
 
 import ml_collections
