@@ -54,6 +54,7 @@ class RunSpec:
   seed: int
   workdir: str
   argv: tuple[str, ...]  # the arguments of ``python -m mmjax.main``
+  num_epochs: int
 
   @property
   def label(self) -> str:
@@ -150,20 +151,25 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[RunSpec]:
       argv = ('--config', _with_arguments(args.config, method, seed), '--workdir', workdir,
               *overrides)
       try:
-        config_lib.validate(run_main.parse_flags(argv).config)
+        config = run_main.parse_flags(argv).config
+        config_lib.validate(config)
       except (UserError, ValueError) as e:
         if method not in methods.METHODS:  # the config file has run: its methods are registered
           raise UserError(f'--methods: {method!r} is not a method; valid methods are '
                           f'{sorted(methods.METHODS)}.') from e
         raise UserError(f'{method} seed {seed}: {e}') from e
-      specs.append(RunSpec(method, seed, workdir, argv))
+      specs.append(RunSpec(method, seed, workdir, argv, config.num_epochs))
   return specs
 
 
-def is_finished(workdir: str) -> bool:
-  """Whether the run in ``workdir`` has trained all its epochs (its ``summary.json``)."""
+def is_finished(workdir: str, num_epochs: int | None = None) -> bool:
+  """Whether the run in ``workdir`` has trained all its epochs (its ``summary.json``), and, when
+  ``num_epochs`` is given, that many (a run asked for more epochs goes on; the run itself
+  decides whether it may)."""
   summary = metrics.read_summary(workdir) if os.path.isdir(workdir) else None
-  return bool(summary and summary.get('finished'))
+  if not (summary and summary.get('finished')):
+    return False
+  return num_epochs is None or summary.get('num_epochs') == num_epochs
 
 
 def _last_line(path: str) -> str:
@@ -177,7 +183,7 @@ def _last_line(path: str) -> str:
 
 def execute(spec: RunSpec, devices: queue.Queue | None) -> Outcome:
   """Runs one ``(method, seed)`` in a subprocess (or skips it when finished)."""
-  if is_finished(spec.workdir):
+  if is_finished(spec.workdir, spec.num_epochs):
     return Outcome(spec, 'skipped')
   env = dict(os.environ)
   device = devices.get() if devices is not None else None
@@ -244,7 +250,7 @@ def compare(argv: Sequence[str]) -> int:
   os.makedirs(os.path.join(args.workdir, LOG_DIR), exist_ok=True)
   outcomes = run_all(specs, args.processes, args.devices)
   failed = [o for o in outcomes if o.status == 'failed']
-  done = [s.workdir for s in specs if is_finished(s.workdir)]
+  done = [s.workdir for s in specs if is_finished(s.workdir, s.num_epochs)]
   if done:
     result = report.write_report(report.load_runs(done), os.path.join(args.workdir, REPORT_DIR))
     table = result['table']

@@ -168,6 +168,7 @@ class OnTheFlyGradientModulation(Method):
   """OGM-GE over a late-fusion model (module docstring): the fused loss alone trains the model."""
 
   name = 'ogm_ge'
+  PLOTS = ('ogm_ge_coefficients',)
   DEFAULTS = {
       'alpha': 0.1,
       'modulation_starts': 0,  # first modulated epoch, 0-based
