@@ -81,11 +81,12 @@ def test_modulation_scales_encoders_and_adds_unscaled_noise():
   owners = ogm_ge.modulated_leaves(labels, grads, ('a', 'b'), 'encoder')
   coefficients = {'a': jnp.float32(0.5), 'b': jnp.float32(1.0)}
   key = jax.random.PRNGKey(3)
-  plain = ogm_ge.modulate_gradients(grads, owners, coefficients, key, noise='none')
+  plain = ogm_ge.modulate_gradients(grads, owners, coefficients, key)
   np.testing.assert_allclose(plain['encoders_a']['kernel'], 0.5 * grads['encoders_a']['kernel'])
   np.testing.assert_array_equal(plain['encoders_b']['kernel'], grads['encoders_b']['kernel'])
   np.testing.assert_array_equal(plain['head_fused']['kernel'], grads['head_fused']['kernel'])
-  noisy = ogm_ge.modulate_gradients(grads, owners, coefficients, key)
+  noisy = ogm_ge.modulate_gradients(grads, owners, coefficients, key,
+                                    jax.tree.map(ogm_ge.noise_scale, grads))
   residual = np.asarray(noisy['encoders_a']['kernel'] - 0.5 * grads['encoders_a']['kernel'])
   # sigma = std of the gradient's 20000 entries (0, 0.001, ..., 19.999), before scaling by k:
   # sqrt((n^2 - 1) / 12 * n / (n - 1)) * 0.001 for n = 20000
@@ -96,9 +97,41 @@ def test_modulation_scales_encoders_and_adds_unscaled_noise():
   residual_b = np.asarray(noisy['encoders_b']['kernel'] - grads['encoders_b']['kernel'])
   assert 0 < np.abs(residual_b).max() < 6 * math.sqrt(5 / 3)
   np.testing.assert_array_equal(noisy['head_fused']['kernel'], grads['head_fused']['kernel'])
-  off = ogm_ge.modulate_gradients(grads, owners, coefficients, key, active=jnp.bool_(False))
+  off = ogm_ge.modulate_gradients(grads, owners, coefficients, key,
+                                  jax.tree.map(ogm_ge.noise_scale, grads), active=jnp.bool_(False))
   for a, b in zip(jax.tree.leaves(off), jax.tree.leaves(grads)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_minibatch_gradient_variance_from_chunks():
+  # chunk gradients 1, 2, 4, 5: mean 3, squared deviations 4 + 1 + 1 + 4 = 10; / (C - 1) / C
+  chunk_grads = {'w': jnp.array([[1.0, 0.0], [2.0, 0.0], [4.0, 0.0], [5.0, 0.0]])}
+  variance = ogm_ge.minibatch_gradient_variance(chunk_grads)['w']
+  np.testing.assert_allclose(variance, [10 / 3 / 4, 0.0], rtol=1e-6)
+
+
+def test_sgd_diagonal_noise_has_the_chunk_variance():
+  """noise='sgd_diagonal' with k = 1 (alpha = 0): each encoder entry's noise has the standard
+  deviation estimated from the batch's chunks, recomputed here from per-chunk gradients."""
+  trainer = train.Trainer(_sgd_config(noise='sgd_diagonal', alpha=0.0))
+  vanilla_config = _sgd_config()
+  vanilla_config.method = {'name': 'vanilla'}
+  vanilla = train.Trainer(vanilla_config)
+  state, batch = trainer.init_state(), trainer.next_batch()
+  chunk_grads = []
+  for c in range(4):
+    chunk = jax.tree.map(lambda x, c=c: x[c * 8:(c + 1) * 8], batch)
+    new, _ = vanilla.jit_train_step(vanilla.init_state(), chunk)
+    chunk_grads.append(jax.tree.map(lambda p0, p1: (p0 - p1) / 0.1, state.params, new.params))
+  chunk_grads = [g['encoders_a'] for g in chunk_grads]
+  std = jax.tree.map(lambda *g: np.std(np.stack(g), axis=0, ddof=1) / 2, *chunk_grads)
+  new_ogm, _ = trainer.jit_train_step(state, batch)
+  new_vanilla, _ = vanilla.jit_train_step(vanilla.init_state(), batch)
+  noise = jax.tree.map(lambda a, b: (b - a) / 0.1, new_ogm.params['encoders_a'],
+                       new_vanilla.params['encoders_a'])
+  z = np.concatenate([np.ravel(n / s) for n, s in zip(jax.tree.leaves(noise), jax.tree.leaves(std))
+                      if np.all(s > 1e-6)])
+  assert z.size > 500 and np.std(z) == pytest.approx(1.0, rel=0.1) and abs(np.mean(z)) < 0.1
 
 
 def test_window_is_inclusive_and_zero_based():
@@ -203,6 +236,7 @@ def test_unimodal_head_scores_and_setup_refusals():
     train.Trainer(tiny_synthetic_config('ogm_ge', modulated_parameters='conv_kernels'))
   for options, match in (({'alpha': -1.0}, 'method.alpha'),
                          ({'modulation_starts': 3, 'modulation_ends': 2}, 'is before'),
-                         ({'noise': 'gaussian'}, 'method.noise')):
+                         ({'noise': 'gaussian'}, 'method.noise'),
+                         ({'noise': 'sgd_diagonal', 'noise_chunks': 5}, 'not a multiple')):
     with pytest.raises(ValueError, match=match):
       train.Trainer(tiny_synthetic_config('ogm_ge', **options))

@@ -29,8 +29,11 @@ Departures, each a documented choice (options in brackets):
   ``'tensor_std'`` is the official code's approximation, i.i.d. noise per parameter tensor
   with ``sigma = std(g) + 1e-8`` (unbiased std over the entries of that tensor's gradient,
   taken before scaling by ``k``, not scaled by ``k``), added to every modulated tensor of
-  every modality, including the one with ``k = 1``. ``'none'`` is plain OGM (the paper's
-  ablation without GE).
+  every modality, including the one with ``k = 1``. ``'sgd_diagonal'`` is closer to the
+  paper: the diagonal of the mini-batch gradient's covariance, estimated in the step from
+  ``noise_chunks`` equal chunks of the batch, ``Var_c(g_c) / C`` per parameter
+  (:func:`minibatch_gradient_variance`; costs a second, chunked backward pass; BatchNorm
+  statistics are per chunk there). ``'none'`` is plain OGM (the paper's ablation without GE).
 - Modulated parameters (``modulated_parameters``): the paper modulates all of encoder
   ``theta^u``; the default ``'encoder'`` does (every parameter labelled ``branch/<u>``, see
   :mod:`mmjax.models.groups`). The official code touches only 4-D gradients (ResNet conv
@@ -77,7 +80,7 @@ PyTree = Any
 RNG_STREAM = 0x6f676d67
 """The noise stream: its key is ``PRNGKey(derive_seed(seed, RNG_STREAM))``."""
 SCORES = ('fused_head', 'unimodal_heads')
-NOISES = ('tensor_std', 'none')
+NOISES = ('tensor_std', 'sgd_diagonal', 'none')
 MODULATED_PARAMETERS = ('encoder', 'conv_kernels')
 COEFFICIENTS = ('paper', 'continuous')
 MIN_SCORE = 1e-30
@@ -134,25 +137,36 @@ def modulated_leaves(labels: PyTree, params: PyTree, modalities: Sequence[str],
   return jax.tree.map(owner, labels, params)
 
 
+def minibatch_gradient_variance(chunk_grads: PyTree) -> PyTree:
+  """Per parameter, the variance of the mini-batch gradient from ``C`` chunk gradients (leading
+  axis): ``sum_c (g_c - mean_c g_c)^2 / ((C - 1) C)``. A chunk of ``B / C`` examples has
+  ``C`` times the variance of the whole batch's mean gradient, hence the second ``1 / C``."""
+  def variance(g: Array) -> Array:
+    chunks = g.shape[0]
+    return jnp.var(g.astype(jnp.float32), axis=0, ddof=1) / chunks
+  return jax.tree.map(variance, chunk_grads)
+
+
 def modulate_gradients(grads: PyTree, owners: PyTree, coefficients: Mapping[str, Array],
-                       key: Array, *, noise: str = 'tensor_std',
+                       key: Array, noise_scales: PyTree | None = None, *,
                        active: Array | bool = True) -> PyTree:
   """``k^u g + h`` on every leaf owned by modality ``u`` (``owners`` from
-  :func:`modulated_leaves`), ``h ~ N(0, noise_scale(g)^2)`` per tensor; other leaves and, where
-  ``active`` is false, every leaf unchanged."""
-  if noise not in NOISES:
-    raise ValueError(f'method.noise = {noise!r}; valid choices are {list(NOISES)}.')
+  :func:`modulated_leaves`), ``h ~ N(0, diag(s^2))`` with ``s`` the leaf's entry of
+  ``noise_scales`` (a scalar, e.g. :func:`noise_scale`, or one per parameter); no noise when
+  ``noise_scales`` is None. Other leaves and, where ``active`` is false, every leaf unchanged."""
   leaves, treedef = jax.tree.flatten(grads)
   owner_leaves = treedef.flatten_up_to(owners)
+  scale_leaves = (treedef.flatten_up_to(noise_scales) if noise_scales is not None
+                  else [None] * len(leaves))
   keys = jax.random.split(key, len(leaves))
   out = []
-  for g, m, k in zip(leaves, owner_leaves, keys):
+  for g, m, scale, k in zip(leaves, owner_leaves, scale_leaves, keys):
     if not m:
       out.append(g)
       continue
     new = g * coefficients[m].astype(g.dtype)
-    if noise == 'tensor_std':
-      new = new + (noise_scale(g) * jax.random.normal(k, g.shape, jnp.float32)).astype(g.dtype)
+    if scale is not None:
+      new = new + (scale * jax.random.normal(k, g.shape, jnp.float32)).astype(g.dtype)
     out.append(jnp.where(active, new, g))
   return jax.tree.unflatten(treedef, out)
 
@@ -173,7 +187,8 @@ class OnTheFlyGradientModulation(Method):
       'alpha': 0.1,
       'modulation_starts': 0,  # first modulated epoch, 0-based
       'modulation_ends': 50,  # last modulated epoch, inclusive
-      'noise': 'tensor_std',  # tensor_std | none (OGM without GE)
+      'noise': 'tensor_std',  # tensor_std | sgd_diagonal | none (OGM without GE)
+      'noise_chunks': 4,  # chunks of the batch for noise='sgd_diagonal'
       'score': 'fused_head',  # fused_head | unimodal_heads
       'modulated_parameters': 'encoder',  # encoder | conv_kernels
       'coefficient': 'paper',  # paper (Eq. 10) | continuous
@@ -198,6 +213,10 @@ class OnTheFlyGradientModulation(Method):
       if cfg[key] not in valid:
         raise ValueError(f'method.{key} = {cfg[key]!r}; valid choices are {list(valid)}.')
     self.noise, self.score = cfg['noise'], cfg['score']
+    self.noise_chunks = cfg['noise_chunks']
+    if not isinstance(self.noise_chunks, int) or isinstance(self.noise_chunks, bool) or (
+        self.noise_chunks < 2):
+      raise ValueError(f'method.noise_chunks = {self.noise_chunks!r} must be an integer >= 2.')
     self.modulated_parameters, self.coefficient = cfg['modulated_parameters'], cfg['coefficient']
     if len(self.modalities) < 2:
       raise ValueError(f'OGM-GE needs two or more modalities; got {list(self.modalities)}.')
@@ -214,6 +233,11 @@ class OnTheFlyGradientModulation(Method):
             "method.score = 'fused_head' needs the late_fusion model with a linear fused head "
             "(no model.fused_hidden; fusion 'sum' without fused_dropout); use "
             "method.score = 'unimodal_heads' for this model.")
+    if self.noise == 'sgd_diagonal' and ctx.config.batch_size % self.noise_chunks:
+      raise ValueError(
+          f"method.noise = 'sgd_diagonal' splits each batch into method.noise_chunks = "
+          f'{self.noise_chunks} equal chunks; batch_size = {ctx.config.batch_size} is not a '
+          'multiple of it.')
     self.steps_per_epoch = ctx.steps_per_epoch
     self._seed = ctx.seed
     self._parameter_groups = ctx.model.parameter_groups
@@ -257,9 +281,23 @@ class OnTheFlyGradientModulation(Method):
     owners = modulated_leaves(self._parameter_groups(params), params, self.modalities,
                               self.modulated_parameters)
     grads = modulate_gradients(grads, owners, coefficients, method_state['noise_key'],
-                               noise=self.noise, active=method_state['modulating'])
+                               self._noise_scales(loss_fn, params, batch, grads),
+                               active=method_state['modulating'])
     intermediates = {**intermediates, self.name: {'ratio': ratios, 'coefficient': coefficients}}
     return (loss, (outputs, losses, model_state, intermediates)), grads
+
+  def _noise_scales(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
+                    grads: PyTree) -> PyTree | None:
+    """The GE noise's standard deviations per leaf (module docstring, ``noise``)."""
+    if self.noise == 'none':
+      return None
+    if self.noise == 'tensor_std':
+      return jax.tree.map(noise_scale, grads)
+    chunks = jax.tree.map(
+        lambda x: x.reshape(self.noise_chunks, x.shape[0] // self.noise_chunks, *x.shape[1:]),
+        batch)
+    chunk_grads = jax.vmap(lambda chunk: jax.grad(lambda p: loss_fn(p, chunk)[0])(params))(chunks)
+    return jax.tree.map(jnp.sqrt, minibatch_gradient_variance(chunk_grads))
 
   def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
     """Next step's window flag (from its epoch) and a fresh noise key."""
@@ -275,5 +313,6 @@ class OnTheFlyGradientModulation(Method):
 
 
 __all__ = ['COEFFICIENTS', 'MODULATED_PARAMETERS', 'NOISES', 'OnTheFlyGradientModulation',
-           'RNG_STREAM', 'SCORES', 'discrepancy_ratios', 'in_window', 'modality_scores',
+           'RNG_STREAM', 'SCORES', 'discrepancy_ratios', 'in_window', 'minibatch_gradient_variance',
+           'modality_scores',
            'modulate_gradients', 'modulated_leaves', 'modulation_coefficients', 'noise_scale']
