@@ -50,6 +50,9 @@ Departures, each a documented choice (options in brackets):
 - Scores are clamped below at 1e-30 before dividing, so a batch whose scores underflow gives
   ``k = 0`` for the other modality (the official code divides by zero) and never NaN.
 - Weight decay and momentum are the optimiser's, after the modulation, as in PyTorch's SGD.
+  The paper and the official code use SGD with momentum; an Adam-type optimiser divides each
+  parameter's step by its gradient's running RMS and so largely cancels a slowly varying ``k``
+  (a warning says so): use ``optimizer.name = 'sgd'`` to compare with the paper.
 
 Everything runs inside the one compiled step: the coefficients from the batch, the window
 flag (``method_state['modulating']``, recomputed for the next step's epoch) and the noise key
@@ -66,6 +69,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from mmjax.context import RunContext
 from mmjax.data.dataset import derive_seed
@@ -238,6 +242,11 @@ class OnTheFlyGradientModulation(Method):
           f"method.noise = 'sgd_diagonal' splits each batch into method.noise_chunks = "
           f'{self.noise_chunks} equal chunks; batch_size = {ctx.config.batch_size} is not a '
           'multiple of it.')
+    if ctx.config.optimizer.name != 'sgd':
+      logging.warning(
+          'OGM-GE scales gradients; optimizer.name = %r normalises gradient scale per parameter '
+          "and largely cancels the modulation (the paper uses SGD: optimizer.name = 'sgd').",
+          ctx.config.optimizer.name)
     self.steps_per_epoch = ctx.steps_per_epoch
     self._seed = ctx.seed
     self._parameter_groups = ctx.model.parameter_groups
@@ -314,5 +323,4 @@ class OnTheFlyGradientModulation(Method):
 
 __all__ = ['COEFFICIENTS', 'MODULATED_PARAMETERS', 'NOISES', 'OnTheFlyGradientModulation',
            'RNG_STREAM', 'SCORES', 'discrepancy_ratios', 'in_window', 'minibatch_gradient_variance',
-           'modality_scores',
-           'modulate_gradients', 'modulated_leaves', 'modulation_coefficients', 'noise_scale']
+           'modality_scores', 'modulate_gradients', 'modulated_leaves', 'modulation_coefficients', 'noise_scale']
