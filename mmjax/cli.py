@@ -4,12 +4,15 @@
     mmjax config --config configs/NAME.py[:ARGS] [--config.KEY=VALUE ...]
     mmjax list   [datasets] [methods] [encoders] [--json]
     mmjax report RUN_DIR [RUN_DIR ...] --out REPORT_DIR
+    mmjax compare --config configs/NAME.py[:ARGS] --methods M1,M2 --seeds 0,1,2 --workdir DIR
 
 ``python -m mmjax.cli`` is the same command. ``mmjax train`` is ``python -m mmjax.main`` (same
 flags, same resume, same one-line errors with exit code 2); ``mmjax config`` prints the resolved
 config, the JSON a run's ``config.json`` would hold, after the checks a run makes before it
 writes, and trains nothing; ``mmjax list`` lists the registered data sets, methods and encoders
-with their options and defaults; ``mmjax report`` is ``python -m mmjax.report``.
+with their options and defaults; ``mmjax report`` is ``python -m mmjax.report``; ``mmjax compare``
+runs every method x seed as resumable run directories and writes their comparison
+(:mod:`mmjax.compare`).
 
 A subcommand is a function ``(argv) -> exit code`` registered with :func:`command`; it handles
 its own ``--help``.
@@ -22,7 +25,7 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from mmjax import data, methods, models, report
+from mmjax import compare, data, methods, models, report
 from mmjax import main as run_main
 from mmjax.errors import UserError
 
@@ -216,6 +219,17 @@ def run_list(argv: list[str]) -> int:
 def run_report(argv: list[str]) -> int:
   """Tables and plots from run directories (python -m mmjax.report)."""
   return report.main(argv)
+
+
+@command('compare')
+def run_compare(argv: list[str]) -> int:
+  """Run every method x seed of a config as resumable runs, then tabulate and plot them."""
+  if _wants_help(argv):
+    print(compare.USAGE)
+    print(compare.__doc__)
+    return 0
+  run_main.use_absl_logging()
+  return compare.compare(argv)
 
 
 def usage() -> str:

@@ -94,7 +94,8 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
     self.dropout = nn.Dropout(self.fused_dropout)
 
   def __call__(self, inputs: Mapping[str, Array], *, train: bool,
-               head_grad_scale: Mapping[str, Array] | None = None) -> dict[str, Array]:
+               head_grad_scale: Mapping[str, Array] | None = None,
+               decompose_fused: bool = False) -> dict[str, Array]:
     """Logits of every head: ``{'fused': [B, C], <modality>: [B, C], ...}``.
 
     Args:
@@ -106,6 +107,9 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
         scale 1. ``s_h = 0`` makes head ``h`` a probe that learns on detached features. The
         scales enter the computation as arrays, so a jitted caller that takes them as
         arguments is not retraced when their values change.
+      decompose_fused: sow, into ``intermediates`` under ``'fused_parts'``, each modality's
+        share of the fused logits, ``W_m f_m + b / M`` (:meth:`fused_parts`), for OGM-GE's
+        scores (Peng et al., 2022, Eq. 8). Needs a linear fused head (no ``fused_hidden``).
     """
     self._check_inputs(inputs)
     scales = head_grad_scale or {}
@@ -120,7 +124,8 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
     def for_head(h: str, x: Array) -> Array:
       return scale_gradient(x, scales[h]) if h in scales else x
 
-    outputs = {FUSED: self._fused_logits({m: for_head(FUSED, f) for m, f in features.items()}, train)}
+    outputs = {FUSED: self._fused_logits({m: for_head(FUSED, f) for m, f in features.items()}, train,
+                                         decompose_fused)}
     for m in self.modalities:
       outputs[m] = self.head[m](for_head(m, features[m]))
     return outputs
@@ -134,7 +139,14 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
                    for i in range(len(self.fused_hidden))})
     return groups.top_level_labels(params, lambda top, _: owners[top])
 
-  def _fused_logits(self, features: Mapping[str, Array], train: bool) -> Array:
+  def _fused_logits(self, features: Mapping[str, Array], train: bool, decompose: bool) -> Array:
+    if decompose and self.fused_hidden:
+      raise ValueError(
+          f'decompose_fused needs a linear fused head; this model has fused_hidden = '
+          f'{tuple(self.fused_hidden)}.')
+    if decompose and self.fusion == 'sum' and self.fused_dropout:
+      raise ValueError(
+          f"decompose_fused with fusion = 'sum' needs fused_dropout = 0; got {self.fused_dropout}.")
     if self.fusion == 'concat':
       fused = jnp.concatenate([features[m] for m in self.modalities], axis=-1)
     else:
@@ -147,7 +159,30 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
     fused = self.dropout(fused, deterministic=not train)
     for layer in self.fused_mlp:
       fused = nn.relu(layer(fused))
-    return self.head[FUSED](fused)
+    logits = self.head[FUSED](fused)
+    if decompose:
+      self.sow('intermediates', 'fused_parts', self.fused_parts(features, fused))
+    return logits
+
+  def fused_parts(self, features: Mapping[str, Array], fused_input: Array) -> dict[str, Array]:
+    """Each modality's share of a linear fused head's logits: ``W_m f_m + b / M``.
+
+    With ``fusion='concat'``, ``W_m`` are the rows of the head's kernel that read modality
+    ``m``'s slice of the (dropped-out) concatenation ``fused_input``; with ``'sum'`` (no fused
+    dropout), ``W_m = W``. The shares sum to the fused logits.
+    """
+    head = self.head[FUSED].variables['params']
+    bias_share = head['bias'] / len(self.modalities)
+    parts, start = {}, 0
+    for m in self.modalities:
+      width = features[m].shape[-1]
+      if self.fusion == 'concat':
+        parts[m] = fused_input[:, start:start + width] @ head['kernel'][start:start + width]
+        start += width
+      else:
+        parts[m] = features[m] @ head['kernel']
+      parts[m] = parts[m] + bias_share
+    return parts
 
   def _check_inputs(self, inputs: Mapping[str, Array]) -> None:
     missing = [m for m in self.modalities if m not in inputs]

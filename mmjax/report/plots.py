@@ -132,6 +132,13 @@ def plot_ogr(runs: Run | Sequence[Run], *, ax: Axes | None = None) -> Figure:
                           'log OGR', 'overfitting-to-generalization ratio', 'OGR', ax)
 
 
+def plot_ogm_ge_coefficients(runs: Run | Sequence[Run], *, ax: Axes | None = None) -> Figure:
+  """OGM-GE's modulation coefficient ``k^u`` per modality over epochs, epoch means of the
+  per-step values (``ogm_ge/coefficient/<m>``, Peng et al. 2022, Eq. 10)."""
+  return _plot_train_keys(runs, 'ogm_ge/coefficient/', 'only OGM-GE runs (method=ogm_ge) log '
+                          'modulation coefficients', 'OGM-GE coefficients', 'k (epoch mean)', ax)
+
+
 def rebalance_windows(run: Run) -> dict[str, list[tuple[float, float]]]:
   """Per modality, the epoch spans ``(start, end)`` in which re-balancing steps were taken.
 
@@ -229,6 +236,7 @@ PLOT_FUNCTIONS: dict[str, Callable[..., Figure]] = {
     'gblend_ogr': plot_ogr,
     'greedy_speed': plot_greedy_speed,
     'greedy_utilization': plot_utilization,
+    'ogm_ge_coefficients': plot_ogm_ge_coefficients,
 }
 
 

@@ -1,0 +1,59 @@
+"""Per-step cost of OGM-GE's in-step work against vanilla (Peng et al. 2022).
+
+    nice python benchmarks/ogm_ge_cost.py [--config cgmnist] [--encoder cnn] [--steps 20] [--rounds 3]
+
+Times four train steps on the same late-fusion model and batches, in one run (interleaved
+rounds, best round kept, see `timing.compare_train_steps`):
+
+- `vanilla`: the fused loss alone (the loss OGM-GE trains with);
+- `ogm`: `ogm_ge` with `noise=none` (scores, ratios, coefficients, the scaling);
+- `ogm_ge`: the default, plus the official code's per-tensor Gaussian noise;
+- `ogm_ge_diag`: `noise=sgd_diagonal` (a second, chunked backward pass for the noise's scale).
+
+Prints ms/step and the ratio of each to `vanilla`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import jax
+
+from timing import compare_train_steps
+
+
+def _config(module, arg: str, encoder: str):
+  config = module.get_config(f'{arg},encoder={encoder}' if encoder else arg)
+  config.progress_bar = False
+  return config
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='cgmnist', help='cgmnist, ucimf or synthetic')
+  parser.add_argument('--encoder', default='cnn', help='cgmnist only: cnn, mlp or resnet18')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--rounds', type=int, default=3)
+  args = parser.parse_args()
+  module = importlib.import_module(f'configs.{args.config}')
+  encoder = args.encoder if args.config == 'cgmnist' else ''
+  configs = {
+      'vanilla': _config(module, 'method=vanilla', encoder),
+      'ogm': _config(module, 'method=ogm_ge,noise=none', encoder),
+      'ogm_ge': _config(module, 'method=ogm_ge', encoder),
+      'ogm_ge_diag': _config(module, 'method=ogm_ge,noise=sgd_diagonal', encoder),
+  }
+  results = compare_train_steps(configs, steps=args.steps, rounds=args.rounds)
+  vanilla = configs['vanilla']
+  print(f'backend {jax.default_backend()}, {jax.device_count()} device(s): '
+        f'{jax.devices()[0].device_kind}; {args.config}'
+        f"{' encoder=' + encoder if encoder else ''}, batch {vanilla.batch_size}")
+  print(f"{'method':<12}{'compile s':>11}{'ms/step':>10}{'x vanilla':>11}")
+  for name, r in results.items():
+    print(f"{name:<12}{r['compile_s']:>11.2f}{r['step_ms']:>10.2f}"
+          f"{r['step_ms'] / results['vanilla']['step_ms']:>11.3f}")
+
+
+if __name__ == '__main__':
+  main()
