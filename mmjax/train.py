@@ -37,11 +37,22 @@ CHECKPOINT_DIR = 'checkpoints'
 _DISTRIBUTED = []
 
 
-def initialize_distributed() -> None:
-  """Calls ``jax.distributed.initialize()`` once per process (runs over several hosts)."""
-  if not _DISTRIBUTED:
-    jax.distributed.initialize()
-    _DISTRIBUTED.append(True)
+def initialize_distributed(options: Mapping[str, Any] | None = None) -> None:
+  """Calls ``jax.distributed.initialize`` once per process (a run over several processes).
+
+  ``options`` is ``config.distributed`` (:data:`config_lib.DISTRIBUTED_DEFAULTS`): its
+  ``coordinator_address``, ``num_processes`` and ``process_id`` are passed on where given
+  (not ``''``, ``0``, ``-1``); JAX detects the others from the cluster's environment (SLURM,
+  Open MPI, a Cloud TPU pod slice). It must run before anything else uses JAX's devices.
+  """
+  if _DISTRIBUTED:
+    return
+  options = {**config_lib.DISTRIBUTED_DEFAULTS, **dict(options or {})}
+  jax.distributed.initialize(
+      coordinator_address=options['coordinator_address'] or None,
+      num_processes=options['num_processes'] or None,
+      process_id=None if options['process_id'] < 0 else options['process_id'])
+  _DISTRIBUTED.append(True)
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -359,11 +370,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     except ValueError as e:
       raise UserError(str(e)) from e
   check_workdir(workdir, config)  # cheap, before the data set and the model are built
-  if config.distributed:
+  distributed = config_lib.distributed_options(config)
+  if distributed['enabled']:
     try:
-      initialize_distributed()
+      initialize_distributed(distributed)
     except (RuntimeError, ValueError) as e:
-      raise UserError(f'distributed = True, but jax.distributed.initialize() failed: {e}') from e
+      raise UserError('distributed.enabled = True, but jax.distributed.initialize failed: '
+                      f"{' '.join(str(e).split())}") from e
   try:
     # Everything is checked (data, model, method, optimiser, batch sizes against the data,
     # devices) before prepare_workdir writes anything.
