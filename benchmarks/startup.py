@@ -1,6 +1,7 @@
 """Start-up time: from the CLI's start until the first train step has finished.
 
-    nice -n 10 python benchmarks/startup.py [--configs synthetic,ucimf,cgmnist] [--repeats 2]
+    nice -n 10 python benchmarks/startup.py [--configs synthetic,ucimf,cgmnist] [--repeats 2] \
+        [--baseline OTHER_CHECKOUT]
 
 Each measurement is a fresh ``python -m mmjax.main --config configs/NAME.py:smoke`` process
 (this script re-runs itself as that process with a timer around the first train step), timed
@@ -9,7 +10,9 @@ from just before the process starts. Per config, in rounds alternating the modes
 - ``off``: ``MMJAX_COMPILATION_CACHE=off``, every function compiles (what a run cost before the
   cache);
 - ``first``: an empty cache folder (the first run on a machine: compiles and writes the cache);
-- ``second``: the same folder again (every later run: reads the compiled functions back).
+- ``second``: the same folder again (every later run: reads the compiled functions back);
+- ``baseline``: with ``--baseline DIR``, the code of another checkout (e.g. an older commit:
+  ``git archive COMMIT | tar -x -C DIR``), as it starts there.
 
 Prints, per config and mode, the best round's seconds to the first finished step and the
 seconds of its parts inside the process: ``imports`` (Python start and imports),
@@ -34,7 +37,7 @@ CHILD = '--child'
 def _child(argv: list[str]) -> None:
   """Runs the CLI with ``argv``; exits right after the first train step, printing its timings."""
   start = float(os.environ['STARTUP_T0'])
-  sys.path.insert(0, ROOT)
+  sys.path.insert(0, os.environ['STARTUP_ROOT'])
   import jax  # pylint: disable=import-outside-toplevel
   from mmjax import main, train  # pylint: disable=import-outside-toplevel
   marks = {'imports': time.time()}
@@ -69,14 +72,14 @@ def _child(argv: list[str]) -> None:
   sys.exit(main.main(argv))
 
 
-def measure(config: str, cache: str) -> dict[str, float]:
-  """One process's start-up parts (seconds) for ``configs/<config>.py:smoke``."""
+def measure(config: str, cache: str, root: str = ROOT) -> dict[str, float]:
+  """One process's start-up parts (seconds) for ``configs/<config>.py:smoke`` of ``root``."""
   with tempfile.TemporaryDirectory() as workdir:
-    env = {**os.environ, 'MMJAX_COMPILATION_CACHE': cache, 'PYTHONPATH': ROOT,
-           'STARTUP_T0': repr(time.time())}
+    env = {**os.environ, 'MMJAX_COMPILATION_CACHE': cache, 'PYTHONPATH': root,
+           'STARTUP_ROOT': root, 'STARTUP_T0': repr(time.time())}
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), CHILD,
-         '--config', os.path.join(ROOT, 'configs', f'{config}.py:smoke'),
+         '--config', os.path.join(root, 'configs', f'{config}.py:smoke'),
          '--workdir', os.path.join(workdir, 'run'), '--config.progress_bar=False'],
         env=env, capture_output=True, text=True, check=False)
   lines = [l for l in out.stdout.splitlines() if l.startswith('STARTUP ')]
@@ -89,6 +92,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', default='synthetic,ucimf,cgmnist')
   parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--baseline', help='another checkout of mmjax to time alongside')
   args = parser.parse_args()
   print(f'load average: {os.getloadavg()}')
   results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -97,6 +101,9 @@ def main() -> None:
       with tempfile.TemporaryDirectory() as cache:
         for mode, folder in (('off', 'off'), ('first', cache), ('second', cache)):
           results.setdefault((config, mode), []).append(measure(config, folder))
+        if args.baseline:
+          results.setdefault((config, 'baseline'), []).append(
+              measure(config, 'off', os.path.abspath(args.baseline)))
   print(f'load average: {os.getloadavg()}')
   print(f"{'config':<10}{'cache':<8}{'total s':>9}{'imports':>9}{'trainer':>9}{'init':>8}"
         f"{'step':>8}")
