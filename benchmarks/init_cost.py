@@ -51,7 +51,8 @@ def _child(way: str, config_arg: str) -> None:
   if way == 'init_state':
     state = jax.block_until_ready(trainer.init_state())
   elif way == 'one_jit':
-    state = jax.block_until_ready(jax.jit(trainer._initial_state, out_shardings=trainer.replicated)(  # pylint: disable=protected-access
+    initial_state = trainer._initial_state  # pylint: disable=protected-access
+    state = jax.block_until_ready(jax.jit(initial_state, out_shardings=trainer.replicated)(
         jax.random.PRNGKey(trainer.seed)))
   else:
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(trainer.seed))

@@ -200,7 +200,8 @@ def resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
   for key, a, b in _differences(old, new):
     grows = (key == 'num_epochs' and isinstance(a, int) and isinstance(b, int) and b > a
              and num_epochs_can_grow(new))
-    (accepted if key.split('.')[0] in RESUMABLE_KEYS or grows else refused).append(f'{key}: {a!r} -> {b!r}')
+    resumable = key.split('.')[0] in RESUMABLE_KEYS
+    (accepted if resumable or grows else refused).append(f'{key}: {a!r} -> {b!r}')
   if refused:
     raise UserError(
         'the workdir holds a run with a different config; rerun with the same config to resume, '
