@@ -96,9 +96,9 @@ def main() -> None:
             (max((abs(a - b) for a, b in zip(x, y)), default=0.0)
              for x, y in zip(run['leaves'], runs['jit']['leaves'])), default=0.0)
   print(f'load average: {os.getloadavg()}')
-  print(f"{'model':<28}" + ''.join(f'{w + " s":>12}{"max |diff|":>12}' for w in WAYS))
+  print(f"{'model':<28}" + ''.join(f'{w + " s":>14}{"max |diff|":>12}' for w in WAYS))
   for name, _ in MODELS:
-    print(f'{name:<28}' + ''.join(f'{best[name, w]:>12.2f}{differences[name, w]:>12.3g}'
+    print(f'{name:<28}' + ''.join(f'{best[name, w]:>14.2f}{differences[name, w]:>12.3g}'
                                   for w in WAYS))
 
 
