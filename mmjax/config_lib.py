@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
 from typing import Any, Mapping
 
 import ml_collections
@@ -70,6 +71,52 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
+#: ``config.distributed``: ``enabled`` calls ``jax.distributed.initialize`` (several hosts) with
+#: ``coordinator_address`` (``'host:port'`` of process 0), ``num_processes`` and ``process_id``;
+#: each left at its default (``''``, ``0``, ``-1``) is detected from the cluster's environment
+#: (SLURM, Open MPI, a Cloud TPU pod slice). See ``docs/distributed.md``.
+DISTRIBUTED_DEFAULTS = {'enabled': False, 'coordinator_address': '', 'num_processes': 0,
+                        'process_id': -1}
+
+
+def distributed_options(config: Mapping[str, Any]) -> dict[str, Any]:
+  """``config.distributed`` as a dict of :data:`DISTRIBUTED_DEFAULTS`' keys.
+
+  A ``True`` or ``False`` (the key's old form, e.g. in an older run's ``config.json``) means
+  ``enabled`` with everything detected from the environment.
+  """
+  value = config['distributed']
+  if isinstance(value, bool):
+    return {**DISTRIBUTED_DEFAULTS, 'enabled': value}
+  return {**DISTRIBUTED_DEFAULTS, **dict(value)}
+
+
+def _validate_distributed(value: Any) -> None:
+  if isinstance(value, bool):
+    return
+  _check('distributed', value, isinstance(value, (ml_collections.ConfigDict, Mapping)),
+         f'a section with keys {sorted(DISTRIBUTED_DEFAULTS)} (or True / False)')
+  unknown = sorted(set(value.keys()) - set(DISTRIBUTED_DEFAULTS))
+  if unknown:
+    raise UserError(f'config.distributed.{unknown[0]} is not a config key; valid keys are '
+                    f'{sorted(DISTRIBUTED_DEFAULTS)}.')
+  options = {**DISTRIBUTED_DEFAULTS, **dict(value)}
+  _check('distributed.enabled', options['enabled'], isinstance(options['enabled'], bool),
+         'True or False')
+  address = options['coordinator_address']
+  _check('distributed.coordinator_address', address,
+         isinstance(address, str) and (not address or re.fullmatch(r'[^\s:]+:\d+', address)),
+         "'host:port' of process 0, or '' (detected from the environment)")
+  count = options['num_processes']
+  _check('distributed.num_processes', count, _is_int(count) and count >= 0,
+         'the number of processes (>= 1), or 0 (detected from the environment)')
+  index = options['process_id']
+  _check('distributed.process_id', index,
+         _is_int(index) and index >= -1 and (count == 0 or index < count),
+         f'this process\'s index in [0, num_processes{f" = {count}" if count else ""}), '
+         'or -1 (detected from the environment)')
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every experiment; a config file fills ``data`` and ``model``."""
   config = ml_collections.ConfigDict()
@@ -87,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50  # how often the progress bar shows the running train metrics
   config.checkpoint_keep = 2  # latest checkpoints kept (the best-val one is kept apart)
   config.checkpoint_every_steps = 0  # also checkpoint every N steps within an epoch; 0: epoch ends only
-  config.distributed = False  # call jax.distributed.initialize() (several hosts)
+  config.distributed = ml_collections.ConfigDict(DISTRIBUTED_DEFAULTS)  # several hosts
   config.progress_bar = True
   return config
 
@@ -120,6 +167,7 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 #: checkpointed, evaluated in batches or started, not what it computes. Every other key
 #: (``seed``, ``data``, ``model``, ``method``, ``optimizer``, ``batch_size``, ``num_epochs``) is
 #: run-defining; ``num_epochs`` may still grow where :func:`num_epochs_can_grow` allows it.
+#: A section's keys (``distributed.process_id``) are resumable where the section is.
 RESUMABLE_KEYS = ('progress_bar', 'log_every_steps', 'checkpoint_keep', 'checkpoint_every_steps',
                   'eval_batch_size', 'distributed')
 
@@ -152,7 +200,8 @@ def resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
   for key, a, b in _differences(old, new):
     grows = (key == 'num_epochs' and isinstance(a, int) and isinstance(b, int) and b > a
              and num_epochs_can_grow(new))
-    (accepted if key in RESUMABLE_KEYS or grows else refused).append(f'{key}: {a!r} -> {b!r}')
+    resumable = key.split('.')[0] in RESUMABLE_KEYS
+    (accepted if resumable or grows else refused).append(f'{key}: {a!r} -> {b!r}')
   if refused:
     raise UserError(
         'the workdir holds a run with a different config; rerun with the same config to resume, '
@@ -185,8 +234,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(key, config[key], _is_int(config[key]) and config[key] > 0, 'a positive integer')
   for key in ('seed', 'checkpoint_every_steps'):
     _check(key, config[key], _is_int(config[key]) and config[key] >= 0, 'an integer >= 0')
-  for key in ('progress_bar', 'distributed'):
-    _check(key, config[key], isinstance(config[key], bool), 'True or False')
+  _check('progress_bar', config.progress_bar, isinstance(config.progress_bar, bool),
+         'True or False')
+  _validate_distributed(config['distributed'])
   for key in ('data', 'model', 'method', 'optimizer', 'evals'):
     _check(key, config[key], isinstance(config[key], (ml_collections.ConfigDict, Mapping)),
            'a section of key: value options')

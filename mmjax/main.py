@@ -68,8 +68,17 @@ def _reason(error: BaseException) -> BaseException | None:
   return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
+#: What replaces the old ``distributed = True`` (the key became a section).
+OLD_DISTRIBUTED = ('config.distributed is a section: set distributed.enabled = True (and '
+                   'distributed.coordinator_address, .num_processes, .process_id, or leave them to '
+                   'the cluster\'s environment), e.g. --config.distributed.enabled=True; see '
+                   'docs/distributed.md.')
+
+
 def _config_file_error(error: BaseException) -> str:
   """The user's mistake behind an exception raised while a config file loads, as one line."""
+  if "override field 'distributed'" in str(error):
+    return f'--config: {OLD_DISTRIBUTED}'
   if isinstance(error, flags.IllegalFlagValueError):
     # ml_collections re-raises get_config's ValueError or TypeError with a traceback in the
     # message; the first exception of the chain is the user's.
@@ -136,6 +145,8 @@ def parse_flags(argv: Sequence[str], *, usage: str = USAGE, workdir: bool = True
     message = _override_error(argv, plain_config)
     raise UserError(message or f'an override key is not in the config: {e}') from e
   except flags.IllegalFlagValueError as e:
+    if str(e).startswith('flag --config.distributed='):
+      raise UserError(f'{str(e).split(":", 1)[0].replace("flag ", "")}: {OLD_DISTRIBUTED}') from e
     if 'Error whilst parsing config file' in str(e):
       raise UserError(_config_file_error(e)) from e
     raise UserError(f"{str(e).rstrip('.')}. {usage}") from e

@@ -13,6 +13,13 @@ sys.path.insert(0, ROOT)
 from configs import synthetic  # noqa: E402  pylint: disable=wrong-import-position
 
 
+@pytest.fixture(autouse=True, scope='session')
+def compilation_cache_in_a_temporary_folder(tmp_path_factory):
+  """Runs in the tests (and the processes they start) keep JAX's persistent compilation cache
+  in a temporary folder, never in the user's home (``mmjax.compilation_cache``)."""
+  os.environ['MMJAX_COMPILATION_CACHE'] = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+
+
 def tiny_synthetic_config(method: str = 'vanilla', **arg_kwargs):
   """A synthetic config with few examples and small MLPs: one epoch takes well under a second."""
   arg = ','.join([f'method={method}', 'smoke'] + [f'{k}={v}' for k, v in arg_kwargs.items()])

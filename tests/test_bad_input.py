@@ -145,7 +145,7 @@ def test_resumable_settings_may_change_and_config_json_follows(tmp_path):
   changed.progress_bar = True
   changed.log_every_steps = 3
   changed.checkpoint_keep = 3
-  changed.distributed = False
+  changed.distributed.coordinator_address = '10.0.0.1:1234'
   train.train_and_evaluate(changed, resumed)
   with open(os.path.join(resumed, 'config.json'), encoding='utf-8') as f:
     stored = json.load(f)

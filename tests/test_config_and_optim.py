@@ -63,9 +63,11 @@ def _stored(**changes):
 def test_resumable_settings_are_accepted_and_listed():
   old = _stored()
   new = _stored(progress_bar=False, log_every_steps=7, checkpoint_keep=5, eval_batch_size=32,
-                checkpoint_every_steps=100, distributed=True, num_epochs=25)
+                checkpoint_every_steps=100, num_epochs=25,
+                distributed={**old['distributed'], 'enabled': True, 'process_id': 1})
   assert config_lib.resume_changes(old, new) == [
-      'checkpoint_every_steps: 0 -> 100', 'checkpoint_keep: 2 -> 5', 'distributed: False -> True',
+      'checkpoint_every_steps: 0 -> 100', 'checkpoint_keep: 2 -> 5',
+      'distributed.enabled: False -> True', 'distributed.process_id: -1 -> 1',
       'eval_batch_size: 256 -> 32', 'log_every_steps: 10 -> 7', 'num_epochs: 20 -> 25',
       'progress_bar: True -> False']
   assert config_lib.resume_changes(old, dict(old)) == []
@@ -106,6 +108,14 @@ def test_num_epochs_grows_only_where_nothing_depends_on_it():
     ('seed', -3, 'seed = -3 is not valid: an integer >= 0'),
     ('progress_bar', 1, 'progress_bar = 1 is not valid: True or False'),
     ('data', 3, 'data = 3 is not valid: a section'),
+    ('distributed', 'yes', "distributed = 'yes' is not valid: a section with keys"),
+    ('distributed', {'enabled': 1}, 'distributed.enabled = 1 is not valid: True or False'),
+    ('distributed', {'coordinator_address': 'localhost'},
+     "distributed.coordinator_address = 'localhost' is not valid: 'host:port' of process 0"),
+    ('distributed', {'num_processes': -2}, 'distributed.num_processes = -2 is not valid'),
+    ('distributed', {'num_processes': 2, 'process_id': 2},
+     r'distributed.process_id = 2 is not valid: this process.s index in \[0, num_processes = 2\)'),
+    ('distributed', {'port': 1}, 'config.distributed.port is not a config key; valid keys are'),
 ])
 def test_validate_names_the_bad_top_level_value(key, value, match):
   # A config built in Python without type safety can hold any value.
@@ -114,6 +124,20 @@ def test_validate_names_the_bad_top_level_value(key, value, match):
   config[key] = value
   with pytest.raises(config_lib.UserError, match=match):
     config_lib.validate(config)
+
+
+def test_distributed_as_true_or_false_still_means_enabled():
+  config = ml_collections.ConfigDict(synthetic.get_config('smoke').to_dict(), type_safe=False)
+  assert config_lib.distributed_options(config) == {
+      'enabled': False, 'coordinator_address': '', 'num_processes': 0, 'process_id': -1}
+  config.distributed = True  # the key's old form
+  config_lib.validate(config)
+  assert config_lib.distributed_options(config) == {
+      'enabled': True, 'coordinator_address': '', 'num_processes': 0, 'process_id': -1}
+  old = _stored(distributed=False)  # an older run's config.json
+  assert config_lib.resume_changes(old, _stored()) == [
+      "distributed: False -> {'coordinator_address': '', 'enabled': False, 'num_processes': 0, "
+      "'process_id': -1}"]
 
 
 def test_validate_names_an_unknown_top_level_key():

@@ -219,11 +219,20 @@ def test_best_checkpoint_is_the_best_val_epoch(tmp_path):
 
 def test_distributed_initializes_once(monkeypatch):
   calls = []
-  monkeypatch.setattr(jax.distributed, 'initialize', lambda: calls.append(1))
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
   monkeypatch.setattr(train, '_DISTRIBUTED', [])
+  train.initialize_distributed({'enabled': True, 'coordinator_address': '10.0.0.1:1234',
+                                'num_processes': 4, 'process_id': 0})
   train.initialize_distributed()
-  train.initialize_distributed()
-  assert calls == [1]
+  assert calls == [{'coordinator_address': '10.0.0.1:1234', 'num_processes': 4, 'process_id': 0}]
+
+
+def test_distributed_defaults_leave_everything_to_the_environment(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(train, '_DISTRIBUTED', [])
+  train.initialize_distributed({'enabled': True})
+  assert calls == [{'coordinator_address': None, 'num_processes': None, 'process_id': None}]
 
 
 def test_read_metrics_skips_a_line_being_written(tmp_path):
