@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict({
       'name': 'late_fusion', 'encoders': {}, 'fusion': 'concat', 'fused_hidden': (),
-      'fused_dropout': 0.0})
+      'fused_dropout': 0.0, 'dtype': 'float32'})
   config.method = methods.method_config('vanilla')
   config.evals = ml_collections.ConfigDict()  # evaluator name -> its options (mmjax.evaluators)
   config.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)
