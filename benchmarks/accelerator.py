@@ -71,6 +71,9 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true',
                       help="the configs' smoke variants, 5 steps, 1 round: proves it runs")
   parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch rows')
+  parser.add_argument('--torch_threads', type=int, default=0,
+                      help="PyTorch's intra-op threads (0: its default, one per core); on a "
+                      'loaded shared CPU, 1 avoids OpenMP spin-waiting that slows it 10x')
   args = parser.parse_args()
   steps, rounds = (5, 1) if args.quick else (args.steps, args.rounds)
   method_names = args.methods.split(',')
@@ -80,6 +83,8 @@ def main() -> None:
         'round(s)\n')
   try:
     import torch  # pylint: disable=import-outside-toplevel
+    if args.torch_threads:
+      torch.set_num_threads(args.torch_threads)
     torch_note = f'torch {torch.__version__} (threads {torch.get_num_threads()})'
   except ImportError:
     torch_note = 'torch is not installed: PyTorch rows skipped'

@@ -165,7 +165,7 @@ class MMTMModel(nn.Module):
 def _to_torch(batch):
   inputs = {}
   for m, x in batch['inputs'].items():
-    x = torch.from_numpy(np.asarray(x))
+    x = torch.from_numpy(np.array(x))
     inputs[m] = x.permute(0, 3, 1, 2).contiguous() if x.ndim == 4 else x
   return inputs, torch.from_numpy(np.asarray(batch['label']).astype(np.int64))
 
