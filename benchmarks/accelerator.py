@@ -5,8 +5,10 @@ installed.
     nice -n 10 python benchmarks/accelerator.py --quick            # CPU: smoke-sized, seconds
     python benchmarks/accelerator.py --dtypes float32,bfloat16     # an accelerator: full size
 
-Rows: (config, method, dtype). ``cgmnist:resnet18`` is Colored-and-gray MNIST with the
-ResNet-18 encoders of Wu et al. (2022) at the config's batch size. Each config's methods are
+Rows: (config, method, dtype). A config is ``NAME[:ARGS]``, ``ARGS`` the config file's own
+arguments joined by ``,`` (``ucimf:views=fou+fac+kar``); ``cgmnist:encoder=resnet18`` is
+Colored-and-gray MNIST with the ResNet-18 encoders of Wu et al. (2022) at the config's batch
+size. Each config's methods are
 timed together in interleaved rounds (:func:`benchmarks.timing.compare_train_steps`, best round
 kept), so ``x vanilla`` is a ratio measured in one run. ``--quick`` uses each config's ``smoke``
 variant, fewer steps and one round: it proves the script runs, its numbers are not figures.
@@ -36,15 +38,15 @@ from benchmarks.timing import compare_train_steps  # noqa: E402  pylint: disable
 #: Every method, as ``name[:estimator]`` (G-Blend's ``online`` and ``offline`` estimators train
 #: with the step of a fixed-weight method; ``gradient`` estimates in the step).
 METHODS = ('vanilla', 'uniform', 'fixed', 'unimodal', 'gblend', 'gblend:gradient', 'greedy')
-#: ``config name[:encoder]``: the bundled configs, and Wu et al.'s ResNet-18 on CG-MNIST.
-CONFIGS = ('synthetic', 'ucimf', 'cgmnist', 'cgmnist:resnet18')
+#: ``config name[:args]``: the bundled configs, and Wu et al.'s ResNet-18 on CG-MNIST.
+CONFIGS = ('synthetic', 'ucimf', 'cgmnist', 'cgmnist:encoder=resnet18')
 
 
 def make_config(config_name: str, method: str, dtype: str, quick: bool):
-  module_name, _, encoder = config_name.partition(':')
+  module_name, _, config_args = config_name.partition(':')
   name, _, estimator = method.partition(':')
   arg = [f'method={name}'] + ([f'estimator={estimator}'] if estimator else [])
-  arg += [f'encoder={encoder}'] if encoder else []
+  arg += [config_args] if config_args else []
   arg += ['smoke'] if quick else []
   config = importlib.import_module(f'configs.{module_name}').get_config(','.join(arg))
   config.model.dtype = dtype
@@ -63,7 +65,7 @@ def torch_step_ms(config, steps: int, rounds: int) -> float | None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--configs', default=','.join(CONFIGS))
+  parser.add_argument('--configs', default=';'.join(CONFIGS), help='separated by ;')
   parser.add_argument('--methods', default=','.join(METHODS))
   parser.add_argument('--dtypes', default='float32', help='comma-separated: float32,bfloat16')
   parser.add_argument('--steps', type=int, default=50)
@@ -93,7 +95,7 @@ def main() -> None:
   print('| config | method | dtype | batch | compile s | ms/step | examples/s | x vanilla |')
   print('|---|---|---|---|---|---|---|---|')
   torch_rows = []
-  for config_name in args.configs.split(','):
+  for config_name in args.configs.split(';'):
     for dtype in args.dtypes.split(','):
       configs = {m: make_config(config_name, m, dtype, args.quick) for m in method_names}
       results = compare_train_steps(configs, steps=steps, rounds=rounds)
