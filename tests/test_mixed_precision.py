@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_synthetic_config
-from mmjax import main, models, train
+from mmjax import config_lib, main, models, train
 
 MODALITIES = ('a', 'b')
 TINY = {'mlp': {'hidden': [8], 'features': 8}, 'cnn': {'features': 8},
@@ -163,3 +163,13 @@ def test_bad_dtype_on_the_command_line_is_one_line(tmp_path, capsys):
                           "['float32', 'bfloat16'].")
   assert not any('Traceback' in line for line in err)
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_a_run_from_before_model_dtype_resumes_as_float32():
+  old = config_lib.to_dict(tiny_synthetic_config())
+  del old['model']['dtype']  # config.json of a run started before the key existed
+  assert config_lib.resume_changes(old, config_lib.to_dict(tiny_synthetic_config())) == []
+  bfloat16 = tiny_synthetic_config()
+  bfloat16.model.dtype = 'bfloat16'
+  with pytest.raises(config_lib.UserError, match=r"model\.dtype: 'float32' -> 'bfloat16'"):
+    config_lib.resume_changes(old, config_lib.to_dict(bfloat16))
