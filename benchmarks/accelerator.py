@@ -38,6 +38,7 @@ from benchmarks.timing import compare_train_steps  # noqa: E402  pylint: disable
 #: Every method, as ``name[:estimator]`` (G-Blend's ``online`` and ``offline`` estimators train
 #: with the step of a fixed-weight method; ``gradient`` estimates in the step).
 METHODS = ('vanilla', 'uniform', 'fixed', 'unimodal', 'gblend', 'gblend:gradient', 'greedy')
+# (``unimodal`` trains the config's first modality alone.)
 #: ``config name[:args]``: the bundled configs, and Wu et al.'s ResNet-18 on CG-MNIST.
 CONFIGS = ('synthetic', 'ucimf', 'cgmnist', 'cgmnist:encoder=resnet18')
 
@@ -49,6 +50,8 @@ def make_config(config_name: str, method: str, dtype: str, quick: bool):
   arg += [config_args] if config_args else []
   arg += ['smoke'] if quick else []
   config = importlib.import_module(f'configs.{module_name}').get_config(','.join(arg))
+  if name == 'unimodal' and not config.method.modality:  # its first modality alone
+    config.method.modality = next(iter(config.model.encoders))
   config.model.dtype = dtype
   config.progress_bar = False
   return config
