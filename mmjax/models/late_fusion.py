@@ -30,6 +30,7 @@ DTYPES = ('float32', 'bfloat16')
 
 
 def check_dtype(dtype: Any) -> None:
+  """Raises a one-line ``ValueError`` unless ``dtype`` is one of :data:`DTYPES`."""
   if dtype not in DTYPES:
     raise ValueError(f'model.dtype = {dtype!r} is not a compute dtype; valid dtypes are '
                      f'{list(DTYPES)}.')
