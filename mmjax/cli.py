@@ -105,7 +105,8 @@ def encoder_entries() -> list[Entry]:
   """The encoders of the registry ``mmjax.models.ENCODERS``: their constructor arguments."""
   entries = []
   for name, cls in sorted(models.ENCODERS.items()):
-    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+    options = models.registry.encoder_options(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name in options]
     entries.append(Entry(name, _summary(cls), {f.name: _field_default(f) for f in fields}))
   return entries
 

@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict({
       'name': 'late_fusion', 'encoders': {}, 'fusion': 'concat', 'fused_hidden': (),
-      'fused_dropout': 0.0})
+      'fused_dropout': 0.0, 'dtype': 'float32'})
   config.method = methods.method_config('vanilla')
   config.evals = ml_collections.ConfigDict()  # evaluator name -> its options (mmjax.evaluators)
   config.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)
@@ -190,12 +190,27 @@ def num_epochs_can_grow(config: Mapping[str, Any]) -> bool:
   return config['optimizer'].get('schedule', 'constant') in EPOCH_FREE_SCHEDULES
 
 
+#: Keys added to the config after runs were started, with the value a ``config.json`` that lacks
+#: them meant: such a run resumes with the key at that value.
+ADDED_KEYS = {('model', 'dtype'): 'float32'}
+
+
+def _with_added_keys(old: Mapping[str, Any]) -> dict[str, Any]:
+  old = json.loads(json.dumps(old))
+  for (section, key), value in ADDED_KEYS.items():
+    if isinstance(old.get(section), dict) and key not in old[section]:
+      old[section][key] = value
+  return old
+
+
 def resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
   """The accepted differences when ``new`` resumes a run started with ``old`` (plain dicts).
 
   Keys of :data:`RESUMABLE_KEYS` may differ, and ``num_epochs`` may grow where
   :func:`num_epochs_can_grow`; any other difference raises a :class:`UserError` listing them all.
+  A key of :data:`ADDED_KEYS` missing from ``old`` stands at the value it had before it existed.
   """
+  old = _with_added_keys(old)
   accepted, refused = [], []
   for key, a, b in _differences(old, new):
     grows = (key == 'num_epochs' and isinstance(a, int) and isinstance(b, int) and b > a

@@ -291,7 +291,8 @@ def test_describe_records_class_fields_submodules_and_functions():
       'name': '<object>', 'class': 'mmjax.models.late_fusion.LateFusionClassifier',
       'encoders': {'a': {'name': '<object>', 'class': f'{__name__}.TinyEncoder', 'features': 3},
                    'b': {'name': 'mlp', 'hidden': [4], 'features': 128, 'dropout': 0.0}},
-      'num_classes': 2, 'fusion': 'concat', 'fused_hidden': [], 'fused_dropout': 0.0}
+      'num_classes': 2, 'fusion': 'concat', 'fused_hidden': [], 'fused_dropout': 0.0,
+      'dtype': 'float32'}
   described = models.describe(Activated())
   assert described['activation'] == 'jax._src.nn.functions.gelu'
   # An initializer is a closure: the values it closes over tell lecun_normal from he_normal.

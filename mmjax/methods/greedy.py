@@ -140,7 +140,7 @@ class BalancedMultimodalLearning(Method):
     """
     config.model = ml_collections.ConfigDict({
         'name': 'mmtm', 'encoders': config.model.encoders.to_dict(), 'mmtm_stages': (),
-        'mmtm_ratio': 4})
+        'mmtm_ratio': 4, 'dtype': config.model.get('dtype', 'float32')})
     with config.evals.unlocked():
       config.evals.utilization = {}
 

@@ -20,7 +20,8 @@ import ml_collections
 
 from mmjax.models import groups
 from mmjax.models.encoders import ENCODERS, MLPEncoder, ResNet18, SmallCNN, StagedEncoder
-from mmjax.models.late_fusion import FUSED, FUSIONS, LateFusionClassifier, scale_gradient
+from mmjax.models.late_fusion import (DTYPES, FUSED, FUSIONS, LateFusionClassifier, check_dtype,
+                                      scale_gradient, with_compute_dtype)
 from mmjax.models.mmtm import MMTMClassifier, default_mmtm_stages
 from mmjax.models.registry import (OBJECT, build_encoder, check_features_encoder,
                                    check_staged_encoder, describe, encoder_args, encoder_config,
@@ -63,7 +64,10 @@ def _build_late_fusion(config: Mapping[str, Any], modalities: Sequence[str], num
     if key not in options:
       raise ValueError(
           f"model.{key} is not an option of model 'late_fusion'; its options are {options}.")
-  kwargs['encoders'] = build_encoders(kwargs.get('encoders', {}), modalities, objects)
+  check_dtype(kwargs.get('dtype', 'float32'))
+  kwargs['encoders'] = with_compute_dtype(
+      build_encoders(kwargs.get('encoders', {}), modalities, objects),
+      kwargs.get('dtype', 'float32'))
   for m, encoder in kwargs['encoders'].items():
     check_features_encoder(m, encoder)
   if 'fused_hidden' in kwargs:
@@ -73,16 +77,19 @@ def _build_late_fusion(config: Mapping[str, Any], modalities: Sequence[str], num
 
 def _build_mmtm(config: Mapping[str, Any], modalities: Sequence[str], num_classes: int,
                 objects: Mapping[str, nn.Module]) -> MMTMClassifier:
-  options = ('encoders', 'mmtm_stages', 'mmtm_ratio')
+  options = ('encoders', 'mmtm_stages', 'mmtm_ratio', 'dtype')
   for key in config:
     if key != 'name' and key not in options:
       raise ValueError(f"model.{key} is not an option of model 'mmtm'; its options are {list(options)}.")
-  encoders = build_encoders(config.get('encoders', {}), modalities, objects)
+  dtype = config.get('dtype', 'float32')
+  check_dtype(dtype)
+  encoders = with_compute_dtype(build_encoders(config.get('encoders', {}), modalities, objects),
+                                dtype)
   num_stages = {m: len(check_staged_encoder(m, e)) for m, e in encoders.items()}
   stages = config.get('mmtm_stages') or default_mmtm_stages(min(num_stages.values()))
   return MMTMClassifier(encoders=encoders, num_classes=num_classes,
                         mmtm_stages=tuple(int(i) for i in stages),
-                        mmtm_ratio=config.get('mmtm_ratio', 4))
+                        mmtm_ratio=config.get('mmtm_ratio', 4), dtype=dtype)
 
 
 #: ``model.name`` -> builder ``(model_config, modalities, num_classes, encoder_objects) -> module``.
@@ -99,7 +106,9 @@ def build_model(model_config: Mapping[str, Any], modalities: Sequence[str], num_
 
   ``model_config.encoders`` must hold one encoder config per modality not in ``encoders``
   (``{'name': ..., **constructor arguments}``, see :data:`ENCODERS`); ``encoders`` maps a
-  modality to an encoder object used as it is. The model's modality order is the order of
+  modality to an encoder object used as it is. ``model_config.dtype`` (:data:`DTYPES`, default
+  ``'float32'``) is the compute dtype of the heads and fusion and of every encoder whose class
+  declares a ``dtype`` field left at ``None``; parameters stay float32, logits come out float32. The model's modality order is the order of
   ``modalities``. Each encoder is checked against the model's contract
   (:func:`check_features_encoder`; :func:`check_staged_encoder` for ``'mmtm'``).
   """
@@ -214,9 +223,10 @@ def init_variables(model: nn.Module, rng: jax.Array, example_inputs: Mapping[str
 
 
 __all__ = [
-    'ENCODERS', 'FUSED', 'FUSIONS', 'MODELS', 'OBJECT', 'LateFusionClassifier', 'MLPEncoder',
+    'DTYPES', 'ENCODERS', 'FUSED', 'FUSIONS', 'MODELS', 'OBJECT', 'LateFusionClassifier', 'MLPEncoder',
     'MMTMClassifier', 'ResNet18', 'SmallCNN', 'StagedEncoder', 'build_encoder', 'build_encoders',
     'build_model', 'check_features_encoder', 'check_model', 'check_parameter_groups',
     'check_staged_encoder', 'config_with_objects', 'describe', 'encoder_args', 'encoder_config',
     'encoder_sections', 'init_variables', 'module_options', 'register_encoder', 'scale_gradient',
+    'with_compute_dtype',
 ]

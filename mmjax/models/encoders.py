@@ -19,6 +19,11 @@ of :class:`ResNet18`). Convolutions pad by ``kernel // 2`` on each side, as PyTo
 
 Parameter tree of an encoder: ``stages_<i>/...`` for stage ``i`` and ``head/{kernel,bias}``.
 
+Mixed precision: every encoder has a ``dtype`` field, the dtype its layers compute in (Flax's
+``dtype``; ``None``, the default, computes in the parameters' float32). The model sets it from
+``model.dtype`` (``'bfloat16'`` on accelerators); parameters stay float32 (``param_dtype``) and
+BatchNorm computes its statistics and keeps its running averages in float32 whatever ``dtype``.
+
 These are the built-in encoders of :data:`ENCODERS`. Any ``flax.linen`` module can be an
 encoder: late fusion needs only ``__call__(x, *, train) -> [B, features]``, MMTM the staged
 interface above (``stage_channels``, ``stages``, ``embed``), which
@@ -27,7 +32,7 @@ interface above (``stage_channels``, ``stages``, ``embed``), which
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -51,10 +56,11 @@ class DenseBlock(nn.Module):
   """One MLP stage: flatten, ``Dense(features)``, ReLU, dropout (rng ``'dropout'`` in training)."""
   features: int
   dropout: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = nn.relu(nn.Dense(self.features)(_flatten(x)))
+    x = nn.relu(nn.Dense(self.features, dtype=self.dtype)(_flatten(x)))
     return nn.Dropout(self.dropout)(x, deterministic=not train)
 
 
@@ -95,14 +101,15 @@ class MLPEncoder(StagedEncoder):
   hidden: Sequence[int] = (256, 256)
   features: int = 128
   dropout: float = 0.0
+  dtype: Any = None
 
   @property
   def stage_channels(self) -> tuple[int, ...]:
     return tuple(self.hidden)
 
   def setup(self):
-    self.stages = tuple(DenseBlock(h, self.dropout) for h in self.hidden)
-    self.head = nn.Dense(self.features)
+    self.stages = tuple(DenseBlock(h, self.dropout, self.dtype) for h in self.hidden)
+    self.head = nn.Dense(self.features, dtype=self.dtype)
 
   def pool(self, x: Array) -> Array:
     return _flatten(x)
@@ -115,12 +122,13 @@ class ConvBlock(nn.Module):
   kernel_size: int = 3
   strides: int = 1
   pool: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     del train
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
-                padding=self.kernel_size // 2)(x)
+                padding=self.kernel_size // 2, dtype=self.dtype)(x)
     x = nn.relu(x)
     if self.pool:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -146,6 +154,7 @@ class SmallCNN(StagedEncoder):
   pool would).
   """
   features: int = 512
+  dtype: Any = None
 
   @property
   def stage_channels(self) -> tuple[int, ...]:
@@ -153,31 +162,34 @@ class SmallCNN(StagedEncoder):
 
   def setup(self):
     self.stages = (
-        ConvBlock(32, kernel_size=5, pool=True),
-        ConvBlock(32),
-        ConvBlock(64, strides=2),
-        ConvBlock(64),
+        ConvBlock(32, kernel_size=5, pool=True, dtype=self.dtype),
+        ConvBlock(32, dtype=self.dtype),
+        ConvBlock(64, strides=2, dtype=self.dtype),
+        ConvBlock(64, dtype=self.dtype),
     )
-    self.head = nn.Dense(self.features)
+    self.head = nn.Dense(self.features, dtype=self.dtype)
 
   def pool(self, x: Array) -> Array:
     return _global_average_pool(x)
 
 
 
-def _batch_norm(train: bool) -> nn.BatchNorm:
-  # momentum 0.9 is PyTorch's BatchNorm2d(momentum=0.1); statistics live in 'batch_stats'.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
+  # momentum 0.9 is PyTorch's BatchNorm2d(momentum=0.1); statistics live in 'batch_stats'
+  # (float32: Flax reduces in at least float32 whatever the compute dtype).
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
 class ResNetStem(nn.Module):
   """Conv 3x3 stride 1 (no bias) + BatchNorm + ReLU, with no max-pool."""
   features: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init)(x)
-    return nn.relu(_batch_norm(train)(x))
+    x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init,
+                dtype=self.dtype)(x)
+    return nn.relu(_batch_norm(train, self.dtype)(x))
 
 
 class BasicBlock(nn.Module):
@@ -185,18 +197,20 @@ class BasicBlock(nn.Module):
   (with BatchNorm) on the shortcut when the stride or the channel count changes."""
   features: int
   strides: int = 1
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False,
-                kernel_init=_conv_init)(x)
-    y = nn.relu(_batch_norm(train)(y))
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init)(y)
-    y = _batch_norm(train)(y)
+                kernel_init=_conv_init, dtype=self.dtype)(x)
+    y = nn.relu(_batch_norm(train, self.dtype)(y))
+    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init,
+                dtype=self.dtype)(y)
+    y = _batch_norm(train, self.dtype)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False,
-                  kernel_init=_conv_init)(x)
-      x = _batch_norm(train)(x)
+                  kernel_init=_conv_init, dtype=self.dtype)(x)
+      x = _batch_norm(train, self.dtype)(x)
     return nn.relu(x + y)
 
 
@@ -205,11 +219,13 @@ class ResNetLayer(nn.Module):
   features: int
   num_blocks: int = 2
   strides: int = 1
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     for i in range(self.num_blocks):
-      x = BasicBlock(self.features, strides=self.strides if i == 0 else 1)(x, train=train)
+      x = BasicBlock(self.features, strides=self.strides if i == 0 else 1,
+                     dtype=self.dtype)(x, train=train)
     return x
 
 
@@ -238,6 +254,7 @@ class ResNet18(StagedEncoder):
   """
   width: int = 64
   features: int = 512
+  dtype: Any = None
 
   @property
   def stage_channels(self) -> tuple[int, ...]:
@@ -245,13 +262,13 @@ class ResNet18(StagedEncoder):
 
   def setup(self):
     self.stages = (
-        ResNetStem(self.width),
-        ResNetLayer(self.width, strides=1),
-        ResNetLayer(2 * self.width, strides=2),
-        ResNetLayer(4 * self.width, strides=2),
-        ResNetLayer(8 * self.width, strides=2),
+        ResNetStem(self.width, dtype=self.dtype),
+        ResNetLayer(self.width, strides=1, dtype=self.dtype),
+        ResNetLayer(2 * self.width, strides=2, dtype=self.dtype),
+        ResNetLayer(4 * self.width, strides=2, dtype=self.dtype),
+        ResNetLayer(8 * self.width, strides=2, dtype=self.dtype),
     )
-    self.head = nn.Dense(self.features)
+    self.head = nn.Dense(self.features, dtype=self.dtype)
 
   def pool(self, x: Array) -> Array:
     return _global_average_pool(x)

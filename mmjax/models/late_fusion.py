@@ -4,6 +4,10 @@ This is the architecture of Wang et al. (2020), Fig. 2c: each modality ``m`` has
 ``phi_m``; the fused head classifies the concatenation (or sum) of all encoders' features,
 and each modality has its own linear head on its encoder's features, giving the ``k``
 uni-modal losses plus the multi-modal loss that Gradient Blending weighs (Eq. 6).
+
+Mixed precision (:data:`DTYPES`): ``dtype = 'bfloat16'`` computes every layer in bfloat16
+while the parameters stay float32; the logits are returned in float32, so every loss and
+metric is computed in float32.
 """
 
 from __future__ import annotations
@@ -21,6 +25,38 @@ PyTree = Any
 
 FUSED = 'fused'
 FUSIONS = ('concat', 'sum')
+#: Valid ``model.dtype`` values: the dtype the layers compute in (parameters stay float32).
+DTYPES = ('float32', 'bfloat16')
+
+
+def check_dtype(dtype: Any) -> None:
+  """Raises a one-line ``ValueError`` unless ``dtype`` is one of :data:`DTYPES`."""
+  if dtype not in DTYPES:
+    raise ValueError(f'model.dtype = {dtype!r} is not a compute dtype; valid dtypes are '
+                     f'{list(DTYPES)}.')
+
+
+def compute_dtype(dtype: str) -> Any:
+  """The Flax ``dtype`` argument for ``model.dtype``: ``None`` (the float32 parameters'
+  dtype, Flax's default) for ``'float32'``, ``jnp.bfloat16`` for ``'bfloat16'``."""
+  check_dtype(dtype)
+  return None if dtype == 'float32' else jnp.dtype(dtype)
+
+
+def with_compute_dtype(encoders: Mapping[str, nn.Module], dtype: str) -> dict[str, nn.Module]:
+  """``encoders`` computing in ``dtype``: each encoder whose class declares a ``dtype`` field
+  left at ``None`` is cloned with the Flax dtype of ``dtype``; the others are kept as they are
+  (an encoder without the field computes in whatever its layers do)."""
+  flax_dtype = compute_dtype(dtype)
+  if flax_dtype is None:
+    return dict(encoders)
+  return {m: e.clone(dtype=flax_dtype) if getattr(e, 'dtype', '') is None else e
+          for m, e in encoders.items()}
+
+
+def float32_logits(outputs: Mapping[str, Array]) -> dict[str, Array]:
+  """Every head's logits in float32 (losses and metrics are computed in float32)."""
+  return {h: o.astype(jnp.float32) for h, o in outputs.items()}
 
 
 def scale_gradient(x: Array, scale: Array) -> Array:
@@ -67,6 +103,8 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
       prediction layer (Wang et al. use two FC layers on the concatenated features).
     fused_dropout: dropout rate on the fused features (the dropout baseline of Wang et al.,
       Table 5); needs the rng ``'dropout'`` when ``train`` and the rate is positive.
+    dtype: the dtype of the heads' computation, one of :data:`DTYPES`; the builder
+      (:func:`mmjax.models.build_model`) passes it to the encoders too. Logits come out float32.
 
   Parameters: ``encoders_<m>`` (encoder of modality ``m``), ``head_<h>`` (the prediction
   ``Dense`` of head ``h``, for ``h`` in :attr:`heads`) and ``fused_mlp_<i>`` (the ``i``-th
@@ -77,6 +115,7 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
   fusion: str = 'concat'
   fused_hidden: Sequence[int] = ()
   fused_dropout: float = 0.0
+  dtype: str = 'float32'
 
   def __post_init__(self):
     if not self.encoders:
@@ -86,11 +125,13 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
       raise ValueError(f'fusion = {self.fusion!r} is not a fusion; valid fusions are {list(FUSIONS)}.')
     if not 0.0 <= self.fused_dropout < 1.0:
       raise ValueError(f'fused_dropout = {self.fused_dropout!r} must be in [0, 1).')
+    check_dtype(self.dtype)
     super().__post_init__()
 
   def setup(self):
-    self.head = {h: nn.Dense(self.num_classes) for h in self.heads}
-    self.fused_mlp = tuple(nn.Dense(width) for width in self.fused_hidden)
+    dtype = compute_dtype(self.dtype)
+    self.head = {h: nn.Dense(self.num_classes, dtype=dtype) for h in self.heads}
+    self.fused_mlp = tuple(nn.Dense(width, dtype=dtype) for width in self.fused_hidden)
     self.dropout = nn.Dropout(self.fused_dropout)
 
   def __call__(self, inputs: Mapping[str, Array], *, train: bool,
@@ -128,7 +169,7 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
                                          decompose_fused)}
     for m in self.modalities:
       outputs[m] = self.head[m](for_head(m, features[m]))
-    return outputs
+    return float32_logits(outputs)
 
   def parameter_groups(self, params: PyTree) -> PyTree:
     """Labels of :mod:`mmjax.models.groups`: ``encoders_<m>`` is ``'branch/<m>'``,

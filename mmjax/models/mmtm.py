@@ -20,7 +20,10 @@ fusion parameters ``theta'_m`` that feed branch ``m`` (Wu et al., Sec. 4.2). See
 
 Each MMTM ``sow`` s, into the ``'intermediates'`` collection, ``squeeze_<m>`` (``[B, C_m]``, the
 pooled input of branch ``m``) and ``scale_<m>`` (``[B, C_m]``, the excitation computed from
-the inputs, before any re-balancing replaces it).
+the inputs, before any re-balancing replaces it), both in float32 whatever the compute dtype.
+
+``dtype = 'bfloat16'`` (:data:`~mmjax.models.late_fusion.DTYPES`) computes the MMTMs and heads
+in bfloat16 with float32 parameters; the logits come out float32.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.models import groups
-from mmjax.models.late_fusion import FUSED, PerModalityHeads, scale_gradient
+from mmjax.models.late_fusion import (FUSED, PerModalityHeads, check_dtype, compute_dtype,
+                                      float32_logits, scale_gradient)
 
 Array = jax.Array
 PyTree = Any
@@ -55,11 +59,12 @@ class MMTM(nn.Module):
   """
   channels: Mapping[str, int]
   ratio: int = 4
+  dtype: Any = None
 
   def setup(self):
     total = sum(self.channels.values())
-    self.squeeze = nn.Dense(max(1, len(self.channels) * total // self.ratio))
-    self.excite = {m: nn.Dense(c) for m, c in self.channels.items()}
+    self.squeeze = nn.Dense(max(1, len(self.channels) * total // self.ratio), dtype=self.dtype)
+    self.excite = {m: nn.Dense(c, dtype=self.dtype) for m, c in self.channels.items()}
 
   def __call__(self, features: Mapping[str, Array], *,
                rebalance: Mapping[str, Array] | None = None,
@@ -82,7 +87,7 @@ class MMTM(nn.Module):
     modalities = tuple(self.channels)
     squeezes = {m: squeeze(features[m]) for m in modalities}
     for m in modalities:
-      self.sow('intermediates', f'squeeze_{m}', squeezes[m])
+      self.sow('intermediates', f'squeeze_{m}', squeezes[m].astype(jnp.float32))
     if unimodal is None:
       hidden = nn.relu(self.squeeze(jnp.concatenate([squeezes[m] for m in modalities], -1)))
       hiddens = {m: hidden for m in modalities}
@@ -90,15 +95,18 @@ class MMTM(nn.Module):
       hiddens = {}
       for k in modalities:
         parts = [squeezes[j] if j == k else jnp.where(
-            unimodal[k], jnp.broadcast_to(mean_squeeze[j], squeezes[j].shape), squeezes[j])
+            unimodal[k],
+            jnp.broadcast_to(mean_squeeze[j], squeezes[j].shape).astype(squeezes[j].dtype),
+            squeezes[j])
                  for j in modalities]
         hiddens[k] = nn.relu(self.squeeze(jnp.concatenate(parts, -1)))
     out = {}
     for m in modalities:
       scale = nn.sigmoid(self.excite[m](hiddens[m]))
-      self.sow('intermediates', f'scale_{m}', scale)
+      self.sow('intermediates', f'scale_{m}', scale.astype(jnp.float32))
       if rebalance is not None:
-        constant = jax.lax.stop_gradient(jnp.broadcast_to(average_scales[m], scale.shape))
+        constant = jax.lax.stop_gradient(
+            jnp.broadcast_to(average_scales[m], scale.shape).astype(scale.dtype))
         scale = jnp.where(rebalance[m], constant, scale)
       x = features[m]
       out[m] = x * scale.reshape(scale.shape[:1] + (1,) * (x.ndim - 2) + scale.shape[-1:])
@@ -114,11 +122,14 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
     mmtm_stages: stage indices after which an MMTM fuses the branches (every encoder must have
       those stages); Wu et al. use ResNet-18 ``layer2..4``, our stages 2, 3, 4.
     mmtm_ratio: the squeeze layer's reduction ratio (4 in the official code).
+    dtype: the dtype of the MMTMs' and heads' computation, one of
+      :data:`~mmjax.models.late_fusion.DTYPES`; the builder passes it to the encoders too.
   """
   encoders: Mapping[str, nn.Module]
   num_classes: int
   mmtm_stages: Sequence[int] = (0,)
   mmtm_ratio: int = 4
+  dtype: str = 'float32'
 
   def __post_init__(self):
     if len(self.encoders) < 2:
@@ -141,6 +152,7 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
             f'stages 0..{num_stages - 1}, so there is no stage {bad[0]}.')
     if not (isinstance(self.mmtm_ratio, int) and self.mmtm_ratio > 0):
       raise ValueError(f'model.mmtm_ratio = {self.mmtm_ratio!r} must be a positive integer.')
+    check_dtype(self.dtype)
     super().__post_init__()
 
   @property
@@ -150,8 +162,9 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
                  for i in self.mmtm_stages)
 
   def setup(self):
-    self.head = {m: nn.Dense(self.num_classes) for m in self.modalities}
-    self.mmtm = tuple(MMTM(channels, self.mmtm_ratio) for channels in self.mmtm_channels)
+    dtype = compute_dtype(self.dtype)
+    self.head = {m: nn.Dense(self.num_classes, dtype=dtype) for m in self.modalities}
+    self.mmtm = tuple(MMTM(channels, self.mmtm_ratio, dtype) for channels in self.mmtm_channels)
 
   def parameter_groups(self, params: PyTree) -> PyTree:
     """Labels of :mod:`mmjax.models.groups`: ``encoders_<m>`` is ``'branch/<m>'``, ``head_<m>``
@@ -225,6 +238,7 @@ class MMTMClassifier(PerModalityHeads, nn.Module):
             f'the encoder of modality {m!r} ({type(encoder).__name__}): embed returned shape '
             f'{features.shape}; it must return [batch, features].')
       logits[m] = self.head[m](scale_gradient(features, scales[m]) if m in scales else features)
+    logits = float32_logits(logits)
     to_fused = [scale_gradient(logits[m], scales[FUSED]) if FUSED in scales else logits[m]
                 for m in self.modalities]
     return {FUSED: sum(to_fused) / len(to_fused), **logits}

@@ -14,6 +14,8 @@ records an encoder (or a whole model) passed from Python in its ``config.json``.
   then says what was trained, and a resume with a different object differs from it.
 - :func:`check_features_encoder` and :func:`check_staged_encoder` check, when a model is built,
   the interface that late fusion and MMTM need from an encoder (``docs/your_model.md``).
+- An encoder's ``dtype`` field (:data:`MODEL_SET_OPTIONS`), where its class declares one, is set
+  by the model from ``model.dtype``; it is not an option of the encoder's config section.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import inspect
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import flax.linen as nn
+import numpy as np
 
 from mmjax.models.encoders import ENCODERS
 
@@ -33,6 +36,8 @@ BUILTIN_ENCODERS = ('cnn', 'mlp', 'resnet18')
 OBJECT = '<object>'
 #: What a staged encoder (one that MMTM can sit between the stages of) provides.
 STAGED_INTERFACE = ('stage_channels', 'stages', 'embed')
+#: Encoder fields the model sets (from ``model.dtype``), not the encoder's config section.
+MODEL_SET_OPTIONS = ('dtype',)
 
 ModuleClass = TypeVar('ModuleClass', bound=type)
 
@@ -40,6 +45,12 @@ def module_options(cls: type[nn.Module]) -> tuple[str, ...]:
   """The constructor arguments of module class ``cls`` (Flax's ``parent``/``name`` left out)."""
   return tuple(f.name for f in dataclasses.fields(cls)
                if f.init and f.name not in ('parent', 'name'))
+
+
+def encoder_options(cls: type[nn.Module]) -> tuple[str, ...]:
+  """The options of encoder class ``cls`` in a config section: its constructor arguments less
+  those the model sets (:data:`MODEL_SET_OPTIONS`)."""
+  return tuple(k for k in module_options(cls) if k not in MODEL_SET_OPTIONS)
 
 
 def class_path(cls: type) -> str:
@@ -59,7 +70,7 @@ def _defaults(cls: type[nn.Module]) -> dict[str, Any]:
   """Option -> default of a module class; options without a JSON default are an error."""
   defaults = {}
   for field in dataclasses.fields(cls):
-    if not field.init or field.name in ('parent', 'name'):
+    if not field.init or field.name in ('parent', 'name', *MODEL_SET_OPTIONS):
       continue
     if field.default is not dataclasses.MISSING:
       default = field.default
@@ -126,7 +137,7 @@ def encoder_config(name: str, **preset: Any) -> dict[str, Any]:
   for key, value in preset.items():
     if key not in section:
       raise ValueError(f'{key!r} is not an option of encoder {name!r}; its options are '
-                       f'{list(module_options(ENCODERS[name]))}.')
+                       f'{list(encoder_options(ENCODERS[name]))}.')
     section[key] = value
   return section
 
@@ -172,7 +183,11 @@ def build_encoder(cfg: Mapping[str, Any], modality: str = '<modality>') -> nn.Mo
   if name not in ENCODERS:
     raise ValueError(_unknown_name(name))
   cls = ENCODERS[name]
-  options = module_options(cls)
+  options = encoder_options(cls)
+  model_set = [key for key in cfg if key in MODEL_SET_OPTIONS]
+  if model_set:
+    raise ValueError(f'{model_set[0]!r} is set for the whole model, not per encoder: use '
+                     f'model.{model_set[0]} (valid dtypes: float32, bfloat16).')
   unknown = [key for key in cfg if key not in options]
   if unknown:
     keys = ', '.join(repr(k) for k in sorted(unknown))
@@ -196,6 +211,8 @@ def _describe_value(value: Any, depth: int = 0) -> Any:
     return [_describe_value(v, depth + 1) for v in value]
   if isinstance(value, Mapping):
     return {str(k): _describe_value(v, depth + 1) for k, v in value.items()}
+  if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+    return np.dtype(value).name
   if hasattr(value, 'tolist'):  # numpy and jax arrays, numpy scalars
     return value.tolist()
   if isinstance(value, functools.partial):
@@ -220,10 +237,13 @@ def describe(module: nn.Module) -> dict[str, Any]:
   **options}``. Options are the dataclass fields; submodules, functions and arrays among them
   are described too: a submodule as its own section, a function by its import path (with the
   values it closes over for a nested one, such as an initializer, and the arguments of a
-  ``functools.partial``), an array as a list. Any other value is recorded by its ``repr``.
+  ``functools.partial``), an array as a list, a dtype by its name. A ``dtype`` left at ``None``
+  (the model sets it, :data:`MODEL_SET_OPTIONS`) is left out. Any other value is recorded by
+  its ``repr``.
   """
   cls = type(module)
-  fields = {k: _describe_value(getattr(module, k)) for k in module_options(cls)}
+  fields = {k: _describe_value(getattr(module, k)) for k in module_options(cls)
+            if not (k in MODEL_SET_OPTIONS and getattr(module, k) is None)}
   names = [n for n, c in ENCODERS.items() if c is cls]
   if names:
     return {'name': names[0], **fields}
