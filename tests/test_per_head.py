@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
 from mmjax import train
 from mmjax.methods import gblend_fn, per_head
 from mmjax.models import LateFusionClassifier, MLPEncoder
@@ -171,3 +171,12 @@ def test_estimate_every_debiases_by_the_number_of_estimates():
 def test_estimate_every_is_checked():
   with pytest.raises(ValueError, match='method.estimate_every'):
     _trainer(estimate_every=0)
+
+
+def test_estimate_every_resumes_bit_identically(tmp_path):
+  """The estimate flag lives in the checkpoint: a run stopped after epoch 1 and resumed (m = 3
+  does not divide the epoch's 7 steps) ends as one that never stopped."""
+  config = tiny_synthetic_config('gblend', estimator='gradient')
+  config.num_epochs = 2
+  config.method.update({'every_steps': 2, 'estimate_every': 3})
+  assert_resume_is_bit_identical(config, tmp_path, stop_after_epoch=1)
