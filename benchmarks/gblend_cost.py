@@ -9,7 +9,9 @@
    (m = 10: the amortised cost of an estimate every 10 steps), and on Colored-and-gray MNIST
    (CNN encoders, smoke size); all in one interleaved run
    (:func:`benchmarks.timing.compare_train_steps`: every step compiled first, then timed in
-   alternating rounds, best round kept). On code without ``estimate_every`` only m = 1 is run.
+   alternating rounds, best round kept), with XLA's FLOP count of each compiled step (its
+   cost analysis; for m = 10 it counts the costlier branch of the ``lax.cond``, so only the time is
+   the amortised cost). On code without ``estimate_every`` only m = 1 is run.
 2. ``--whole_runs``: wall time of whole runs of the same length on UCI-MF ``fou`` + ``pix``:
    ``vanilla``, ``gblend`` online with the estimation copies vmapped and sequential, and
    ``gblend`` gradient. The paper's online procedure trains ``(k + 1) * n`` extra epochs per
@@ -90,10 +92,15 @@ def step_ratios(steps: int, rounds: int) -> str:
   results = compare_train_steps(configs, steps=steps, rounds=rounds)
   lines = [f'backend {jax.default_backend()}: {jax.devices()[0].device_kind}; {steps} steps x '
            f'{rounds} interleaved rounds, best round; load average {os.getloadavg()[0]:.1f} at the end',
-           '| train step | batch | ms/step | x vanilla | compile s |', '|---|---|---|---|---|']
+           '| train step | batch | ms/step | x vanilla | MFLOP (XLA) | FLOP x vanilla | compile s |',
+           '|---|---|---|---|---|---|---|']
   for name, r in results.items():
-    ratio = r['step_ms'] / results[baseline[name]]['step_ms'] if name in baseline else 1.0
-    lines.append(f"| {name} | {configs[name].batch_size} | {r['step_ms']:.2f} | {ratio:.2f} | "
+    base = results[baseline.get(name, name)]
+    flop_ratio = f"{r['flops'] / base['flops']:.2f}" if base['flops'] else '-'
+    if name.endswith('m=10'):
+      flop_ratio = '(estimating branch)'
+    lines.append(f"| {name} | {configs[name].batch_size} | {r['step_ms']:.2f} | "
+                 f"{r['step_ms'] / base['step_ms']:.2f} | {r['flops'] / 1e6:.1f} | {flop_ratio} | "
                  f"{r['compile_s']:.1f} |")
   return '\n'.join(lines)
 
