@@ -1,6 +1,6 @@
 """Per-step cost of greedy learning's in-step work on the MMTM network (Wu et al. 2022).
 
-    cd benchmarks && nice -n 10 python greedy_cost.py [--config cgmnist] [--encoder cnn] [--steps 20] [--rounds 3]
+    nice -n 10 python benchmarks/greedy_cost.py [--config cgmnist] [--encoder cnn] [--steps 20] [--rounds 3]
 
 Times three train steps on the same MMTM model and batches, in one run (interleaved rounds,
 best round kept, see `timing.compare_train_steps`):
