@@ -1,16 +1,21 @@
 """What Gradient Blending costs over naive joint training, on the same model and batches.
 
-    nice python benchmarks/gblend_cost.py
+    nice -n 10 python benchmarks/gblend_cost.py              # step ratios (issue 12 item 1)
+    nice -n 10 python benchmarks/gblend_cost.py --whole_runs  # and whole-run wall times
 
-1. Per-step time of the compiled train step of ``gblend`` (each estimator) over ``vanilla``,
-   measured together in interleaved rounds (:func:`benchmarks.timing.compare_train_steps`).
-   ``offline`` and ``online`` train with the same step as a fixed-weight method; ``gradient``
-   computes every head's gradient on the batch and on a held-out batch in the step.
-2. Wall time of whole runs of the same length: ``vanilla``, ``gblend`` online with the
-   estimation copies vmapped and sequential, and ``gblend`` gradient. The paper's online
-   procedure trains ``(k + 1) * n`` extra epochs per super-epoch of ``n`` epochs.
-
-Data set: UCI Multiple Features, views ``fou`` + ``pix`` (MLP encoders, batch 64).
+1. Per-step time of the compiled train step of ``gblend`` with the in-step ``gradient``
+   estimator over ``vanilla`` on the same model and batches, for k = 2, 3, 4, 6 modalities
+   (UCI Multiple Features views, MLP encoders, batch 64) and ``estimate_every`` m = 1, 10
+   (m = 10: the amortised cost of an estimate every 10 steps), and on Colored-and-gray MNIST
+   (CNN encoders, smoke size); all in one interleaved run
+   (:func:`benchmarks.timing.compare_train_steps`: every step compiled first, then timed in
+   alternating rounds, best round kept), with XLA's FLOP count of each compiled step (its
+   cost analysis; for m = 10 it counts the costlier branch of the ``lax.cond``, so only the time is
+   the amortised cost). On code without ``estimate_every`` only m = 1 is run.
+2. ``--whole_runs``: wall time of whole runs of the same length on UCI-MF ``fou`` + ``pix``:
+   ``vanilla``, ``gblend`` online with the estimation copies vmapped and sequential, and
+   ``gblend`` gradient. The paper's online procedure trains ``(k + 1) * n`` extra epochs per
+   super-epoch of ``n`` epochs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from benchmarks.timing import compare_train_steps  # noqa: E402  pylint: disable=wrong-import-position
-from configs import ucimf  # noqa: E402  pylint: disable=wrong-import-position
+from configs import cgmnist, ucimf  # noqa: E402  pylint: disable=wrong-import-position
 from mmjax import methods, train  # noqa: E402  pylint: disable=wrong-import-position
 from mmjax.methods.gblend import GradientBlending  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -46,13 +51,58 @@ class _TimedEstimation(GradientBlending):
     return state, logged
 
 
-def config_for(method: str, num_epochs: int, **options):
+VIEWS_BY_K = {2: 'fou+pix', 3: 'fou+pix+kar', 4: 'fou+pix+kar+fac', 6: 'fou+fac+kar+pix+zer+mor'}
+
+
+def config_for(method: str, num_epochs: int, views: str = 'fou+pix', **options):
   name, _, estimator = method.partition(':')
-  config = ucimf.get_config(f'method={name}' + (f',estimator={estimator}' if estimator else ''))
+  config = ucimf.get_config(f'views={views},method={name}'
+                            + (f',estimator={estimator}' if estimator else ''))
   config.num_epochs = num_epochs
   config.progress_bar = False
   config.method.update(options)
   return config
+
+
+def cnn_config(method: str, **options):
+  name, _, estimator = method.partition(':')
+  config = cgmnist.get_config(f'smoke,encoder=cnn,method={name}'
+                              + (f',estimator={estimator}' if estimator else ''))
+  config.progress_bar = False
+  config.method.update(options)
+  return config
+
+
+def step_ratios(steps: int, rounds: int) -> str:
+  """The table of part 1: ms/step and the ratio to the same model's vanilla step."""
+  every = (1, 10) if 'estimate_every' in GradientBlending.DEFAULTS else (1,)
+  configs, baseline = {}, {}
+  for k, views in VIEWS_BY_K.items():
+    configs[f'ucimf k={k} vanilla'] = config_for('vanilla', 1, views)
+    for m in every:
+      options = {'estimate_every': m} if m > 1 else {}
+      name = f'ucimf k={k} gradient m={m}'
+      configs[name] = config_for('gblend:gradient', 1, views, **options)
+      baseline[name] = f'ucimf k={k} vanilla'
+  configs['cgmnist cnn vanilla'] = cnn_config('vanilla')
+  for m in every:
+    options = {'estimate_every': m} if m > 1 else {}
+    configs[f'cgmnist cnn gradient m={m}'] = cnn_config('gblend:gradient', **options)
+    baseline[f'cgmnist cnn gradient m={m}'] = 'cgmnist cnn vanilla'
+  results = compare_train_steps(configs, steps=steps, rounds=rounds)
+  lines = [f'backend {jax.default_backend()}: {jax.devices()[0].device_kind}; {steps} steps x '
+           f'{rounds} interleaved rounds, best round; load average {os.getloadavg()[0]:.1f} at the end',
+           '| train step | batch | ms/step | x vanilla | MFLOP (XLA) | FLOP x vanilla | compile s |',
+           '|---|---|---|---|---|---|---|']
+  for name, r in results.items():
+    base = results[baseline.get(name, name)]
+    flop_ratio = f"{r['flops'] / base['flops']:.2f}" if base['flops'] else '-'
+    if name.endswith('m=10'):
+      flop_ratio = '(estimating branch)'
+    lines.append(f"| {name} | {configs[name].batch_size} | {r['step_ms']:.2f} | "
+                 f"{r['step_ms'] / base['step_ms']:.2f} | {r['flops'] / 1e6:.1f} | {flop_ratio} | "
+                 f"{r['compile_s']:.1f} |")
+  return '\n'.join(lines)
 
 
 def main():
@@ -60,16 +110,15 @@ def main():
   parser.add_argument('--epochs', type=int, default=15)
   parser.add_argument('--super_epoch', type=int, default=5)
   parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--whole_runs', action='store_true')
   args = parser.parse_args()
 
-  steps = compare_train_steps({m: config_for(m, args.epochs) for m in (
-      'vanilla', 'gblend:offline', 'gblend:online', 'gblend:gradient')}, steps=args.steps, rounds=5)
-  base = steps['vanilla']['step_ms']
-  lines = ['| train step | ms/step | × vanilla | compile s |', '|---|---|---|---|']
-  for name, s in steps.items():
-    lines.append(f"| {name} | {s['step_ms']:.2f} | {s['step_ms'] / base:.2f} | "
-                 f"{s['compile_s']:.1f} |")
-  print('\n'.join(lines), flush=True)
+  print(step_ratios(args.steps, args.rounds), flush=True)
+  if not args.whole_runs:
+    return
+  base = compare_train_steps({'vanilla': config_for('vanilla', args.epochs)},
+                             steps=args.steps, rounds=args.rounds)['vanilla']['step_ms']
 
   schedule = {'warmup_epochs': args.super_epoch, 'super_epoch': args.super_epoch}
   runs = {

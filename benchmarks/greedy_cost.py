@@ -1,6 +1,6 @@
 """Per-step cost of greedy learning's in-step work on the MMTM network (Wu et al. 2022).
 
-    nice python benchmarks/greedy_cost.py [--config cgmnist] [--encoder cnn] [--steps 20] [--rounds 3]
+    nice -n 10 python benchmarks/greedy_cost.py [--config cgmnist] [--encoder cnn] [--steps 20] [--rounds 3]
 
 Times three train steps on the same MMTM model and batches, in one run (interleaved rounds,
 best round kept, see `timing.compare_train_steps`):
@@ -12,13 +12,14 @@ best round kept, see `timing.compare_train_steps`):
   re-balancing steps are one compiled program (the choice is a `where` on traced flags), so
   the timed steps stand for both.
 
-Prints ms/step and the ratio of each to `off` and to `plain`.
+Prints ms/step and the ratio of each to `off` and to `plain`, and XLA's FLOP count per step.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 
 import jax
 
@@ -53,11 +54,14 @@ def main() -> None:
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s): '
         f'{jax.devices()[0].device_kind}; {args.config}'
         f"{' encoder=' + encoder if encoder else ''}, batch {plain.batch_size}")
-  print(f"{'method':<8}{'compile s':>11}{'ms/step':>10}{'x off':>8}{'x plain':>9}")
+  print(f'load average {os.getloadavg()[0]:.1f} at the end')
+  print(f"{'method':<8}{'compile s':>11}{'ms/step':>10}{'x off':>8}{'x plain':>9}{'MFLOP':>10}"
+        f"{'FLOP x plain':>14}")
   for name, r in results.items():
     print(f"{name:<8}{r['compile_s']:>11.2f}{r['step_ms']:>10.2f}"
           f"{r['step_ms'] / results['off']['step_ms']:>8.3f}"
-          f"{r['step_ms'] / results['plain']['step_ms']:>9.3f}")
+          f"{r['step_ms'] / results['plain']['step_ms']:>9.3f}{r['flops'] / 1e6:>10.1f}"
+          f"{r['flops'] / max(results['plain']['flops'], 1.0):>14.4f}")
 
 
 if __name__ == '__main__':

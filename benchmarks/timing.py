@@ -32,6 +32,8 @@ class _StepRunner:
     start = time.perf_counter()
     self.step: Callable = trainer.jit_train_step.lower(self.state, self.batches[0]).compile()
     self.compile_s = time.perf_counter() - start
+    cost = self.step.cost_analysis()
+    self.flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost or {}).get('flops', 0))
 
   def run(self, steps: int) -> float:
     """Seconds per step over ``steps`` steps, blocking once at the end."""
@@ -47,7 +49,8 @@ class _StepRunner:
 
 def compare_train_steps(configs: Mapping[str, Any], steps: int = 20, rounds: int = 3,
                         warmup: int = 3) -> dict[str, dict[str, float]]:
-  """Compile time, best ms/step and examples/s of each config's train step, measured together."""
+  """Compile time, best ms/step, examples/s and XLA's FLOP count (of a
+  ``lax.cond``, its costlier branch) of each config's train step, measured together."""
   runners = {name: _StepRunner(config, steps) for name, config in configs.items()}
   for runner in runners.values():
     runner.run(warmup)
@@ -56,6 +59,7 @@ def compare_train_steps(configs: Mapping[str, Any], steps: int = 20, rounds: int
     for name, runner in runners.items():
       best[name] = min(best[name], runner.run(steps))
   return {name: {'compile_s': runners[name].compile_s, 'step_ms': 1e3 * best[name],
+                 'flops': runners[name].flops,
                  'examples_per_s': configs[name].batch_size / best[name]} for name in runners}
 
 

@@ -40,6 +40,16 @@ def test_learning_speed_ratios_hand_computed():
   assert float(speed['a']) == pytest.approx(2.0) and float(speed['b']) == pytest.approx(-1.0)
 
 
+def test_group_squared_norms_one_reduction_by_hand():
+  from mmjax.methods import greedy_fn  # pylint: disable=import-outside-toplevel
+  params = {'x': jnp.array([3.0, 4.0]), 'y': jnp.array([[1.0, 2.0]]), 'z': jnp.array([5.0]),
+            'w': jnp.array([7.0])}
+  grads = jax.tree.map(lambda p: p / 10, params)
+  labels = {'x': 'branch/a', 'y': 'branch/a', 'z': 'fusion', 'w': 'head/fused'}
+  norms = greedy_fn.group_squared_norms((params, grads), labels, ('fusion', 'branch/a', 'head/b'))
+  np.testing.assert_allclose(norms, [[25.0, 30.0, 0.0], [0.25, 0.30, 0.0]], rtol=1e-6)
+
+
 def test_conditional_utilization_rate_hand_computed():
   u = greedy.conditional_utilization_rate(0.8, {'gray': 0.2, 'color': 0.78})
   assert u['gray'] == pytest.approx(0.75) and u['color'] == pytest.approx(0.025)

@@ -35,7 +35,17 @@ Estimators (``method.estimator``):
   Proposition 1, logged as ``delta_o = sqrt(EMA(O_i^2))``; the logged ``delta_g``/``delta_o``
   are the pair that produced the current weights. The applied update is ``sum_i w_i grad CE_i``
   on the whole batch with the weights held at the start of the step (probe heads as in
-  :mod:`mmjax.methods.base`). The batch size must be even.
+  :mod:`mmjax.methods.base`). The batch size must be even. The per-head gradients take one
+  forward and two backward passes per batch whatever ``k`` is (all unimodal heads in one, the
+  fused head in the other: :mod:`mmjax.methods.per_head`).
+  ``estimate_every = m`` (default 1, every step) estimates only on the steps with
+  ``step % m == 0``; the other steps are plain blended steps (one backward pass of
+  ``sum_i w_i CE_i`` with the same weights and probe rule) and leave the EMA as it is. The
+  choice is a traced condition: one compiled step. The EMA then moves once per ``m`` steps
+  (it averages about ``1 / (1 - ema_decay)`` estimates, ``m / (1 - ema_decay)`` steps) and is
+  debiased by the number of estimates so far; the weights are still recomputed from it every
+  ``every_steps`` steps (with ``every_steps < m`` some recomputations see no new estimate and
+  repeat the weights).
 
 The ``k + 1`` estimation runs are one compiled program, ``jax.vmap`` of a weighted train step
 over the stacked copies (``estimation='vmap'``), or run one after another with the same step
@@ -134,6 +144,7 @@ class GradientBlending(Method):
       'estimation': 'vmap',  # vmap | sequential: how the k + 1 estimation copies run
       'ema_decay': 0.98,  # gradient: EMA decay of G and O^2
       'every_steps': 10,  # gradient: steps between weight updates
+      'estimate_every': 1,  # gradient: steps between estimates of G, O (1: every step)
       'heldout_batch_size': 0,  # gradient: V batch size; 0: min(batch_size, |V|)
   }
 
@@ -155,6 +166,7 @@ class GradientBlending(Method):
     if self.ema_decay >= 1:
       raise ValueError('method.ema_decay must be below 1, got 1.')
     self.every_steps = check_int('method.every_steps', cfg['every_steps'], 1)
+    self.estimate_every = check_int('method.estimate_every', cfg['estimate_every'], 1)
     self.heldout_batch_size = check_int('method.heldout_batch_size', cfg['heldout_batch_size'], 0)
     self._seed = 0
     self.heldout: data.Split | None = None
@@ -234,71 +246,106 @@ class GradientBlending(Method):
              'ogr': dict(zeros)}
     if self.estimator == 'gradient':
       heldout_rng = jax.random.PRNGKey(derive_seed(self._seed, _HELDOUT_DROPOUT_STREAM))
-      state.update(ema_g=dict(zeros), ema_o2=dict(zeros), heldout_rng=heldout_rng)
+      state.update(ema_g=dict(zeros), ema_o2=dict(zeros), heldout_rng=heldout_rng,
+                   estimate=jnp.bool_(True))
     return state
 
   # ----- compiled step (gradient estimator) -----------------------------------------------------
   def model_kwargs(self, method_state: PyTree, rng: Array) -> dict[str, Any]:
+    """Gradient estimator: every head back-propagates on an estimating step (:meth:`gradients`
+    applies the probe rule itself); on the other steps the probe rule of the base class."""
     if self.estimator != 'gradient':
       return super().model_kwargs(method_state, rng)
-    return {}  # every head back-propagates; gradients() applies the probe rule itself
+    if self.estimate_every == 1:
+      return {}
+    scales = super().model_kwargs(method_state, rng)['head_grad_scale']
+    return {'head_grad_scale': {h: jnp.where(method_state['estimate'], 1.0, s)
+                                for h, s in scales.items()}}
 
   def gradients(self, loss_fn: Callable, params: PyTree, batch: Mapping[str, Any],
                 method_state: PyTree) -> tuple[tuple[Array, Any], PyTree]:
     """Gradient estimator: per-head gradients on each half of the batch and on a batch of ``V``.
 
-    ``jax.jacrev`` over the vector of head losses gives every ``grad CE_i`` from one forward
-    pass, run once per half of the training batch and once on ``V``; the second half and ``V``
-    get their own dropout keys (from ``method_state['heldout_rng']``), so the three are
-    independent draws. The model sees each half as a batch of its own (BatchNorm statistics per
-    half; the new statistics are the mean of the two halves', which equals the full-batch
-    update of the running means). The applied gradient is ``sum_i c_i grad CE_i`` over the whole
-    batch (the mean of the halves) with ``c_i = w_i`` on the branch and fusion parameters and,
-    on head ``h``'s own parameters (:meth:`parameter_groups`), ``c_i = w_i`` or 1 for a probe
-    head with ``w_i = 0``: the probe rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)``
+    :func:`~mmjax.methods.gblend_fn.per_head_statistics` gives every ``grad CE_i`` from one
+    forward pass and two backward passes (all unimodal heads together, then the fused head;
+    :mod:`mmjax.methods.per_head`), run once per half of the training batch and once on ``V``;
+    the second half and ``V`` get their own dropout keys (from
+    ``method_state['heldout_rng']``), so the three are independent draws. The model sees each
+    half as a batch of its own (BatchNorm statistics per half; the new statistics are the mean
+    of the two halves', which equals the full-batch update of the running means). The applied
+    gradient is ``sum_i c_i grad CE_i`` over the whole batch (the mean of the halves) with
+    ``c_i = w_i`` on the branch and fusion parameters and, on head ``h``'s own parameters
+    (:meth:`parameter_groups`), ``c_i = w_i`` or 1 for a probe head with ``w_i = 0``: the probe
+    rule of :mod:`mmjax.methods.base`. ``(G_i, O_i)``
     (:func:`~mmjax.methods.ogr.split_batch_generalization_and_overfitting`) go to
     :meth:`update_state` in the step's intermediates under ``'gblend'``.
+
+    With ``estimate_every = m > 1`` this runs on the steps with ``step % m == 0``
+    (``method_state['estimate']``, a ``jax.lax.cond``: one compiled step); the other steps
+    are a plain blended step, the gradient of ``sum_i c_i CE_i`` on the whole batch in one
+    backward pass, with the same probe rule, and report ``G = O = 0`` (unused).
     """
     if self.estimator != 'gradient':
       return super().gradients(loss_fn, params, batch, method_state)
-    half = batch['label'].shape[0] // 2
-    second_key, heldout_key = jax.random.split(jax.random.split(method_state['heldout_rng'])[0])
+    weights = ogr.as_vector(method_state['weights'], self.heads)
 
-    def loss_vector(p, b, rng):
-      _, aux = loss_fn(p, b, rng=rng) if rng is not None else loss_fn(p, b)
-      return ogr.as_vector(aux[1], self.heads), aux
+    def estimating_step():
+      half = batch['label'].shape[0] // 2
+      second_key, heldout_key = jax.random.split(jax.random.split(method_state['heldout_rng'])[0])
 
-    stats = gblend_fn.per_head_statistics(
-        loss_vector, params, jax.tree.map(lambda x: x[:half], batch),
-        jax.tree.map(lambda x: x[half:], batch), batch['heldout'],
-        rngs=(None, second_key, heldout_key))
-    grads = gblend_fn.blend_head_gradients(
-        stats.grads, ogr.as_vector(method_state['weights'], self.heads), self._parameter_groups)
-    first, second = stats.first_aux, stats.second_aux
-    outputs = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[0], second[0])
-    losses = jax.tree.map(lambda x, y: (x + y) / 2, first[1], second[1])
-    model_state = jax.tree.map(lambda x, y: (x + y) / 2, first[2], second[2])
-    # What the model sows is per example: the two halves' values, in batch order.
-    intermediates = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[3], second[3])
-    intermediates = {**intermediates,
-                     'gblend': {'g': stats.generalization, 'o': stats.overfitting}}
-    objective = self.objective(losses, method_state)
-    return (objective, (outputs, losses, model_state, intermediates)), grads
+      def loss_vector(p, b, rng):
+        _, aux = loss_fn(p, b, rng=rng) if rng is not None else loss_fn(p, b)
+        return ogr.as_vector(aux[1], self.heads), aux
+
+      stats = gblend_fn.per_head_statistics(
+          loss_vector, params, jax.tree.map(lambda x: x[:half], batch),
+          jax.tree.map(lambda x: x[half:], batch), batch['heldout'],
+          rngs=(None, second_key, heldout_key), heads=self.heads,
+          parameter_labels=self._parameter_groups)
+      grads = gblend_fn.blend_head_gradients(stats.head_gradients, weights, self._parameter_groups)
+      first, second = stats.first_aux, stats.second_aux
+      outputs = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[0], second[0])
+      losses = jax.tree.map(lambda x, y: (x + y) / 2, first[1], second[1])
+      model_state = jax.tree.map(lambda x, y: (x + y) / 2, first[2], second[2])
+      # What the model sows is per example: the two halves' values, in batch order.
+      intermediates = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), first[3], second[3])
+      intermediates = {**intermediates,
+                       'gblend': {'g': stats.generalization, 'o': stats.overfitting}}
+      objective = self.objective(losses, method_state)
+      return (objective, (outputs, losses, model_state, intermediates)), grads
+
+    if self.estimate_every == 1:
+      return estimating_step()
+
+    def blended_step():
+      (objective, (outputs, losses, model_state, intermediates)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(params, batch)
+      unused = jnp.zeros((len(self.heads),), jnp.float32)
+      intermediates = {**intermediates, 'gblend': {'g': unused, 'o': unused}}
+      return (objective, (outputs, losses, model_state, intermediates)), grads
+
+    return jax.lax.cond(method_state['estimate'], estimating_step, blended_step)
 
   def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
-    """Gradient estimator: EMA of ``G`` and ``O^2``; new weights when ``(step + 1) % m == 0``.
+    """Gradient estimator: EMA of ``G`` and ``O^2``; new weights when
+    ``(step + 1) % every_steps == 0``.
 
-    ``delta_g``, ``delta_o`` and ``ogr`` change only with the weights, so the logged values are
-    the ones that produced the weights in use.
+    The EMA moves on estimating steps only (``step % estimate_every == 0``) and is debiased by
+    the number of estimates so far, ``step // estimate_every + 1``. ``delta_g``, ``delta_o`` and
+    ``ogr`` change only with the weights, so the logged values are the ones that produced the
+    weights in use. ``estimate`` becomes whether the coming step estimates.
     """
     if self.estimator != 'gradient':
       return method_state, {}
     stats = info.aux['gblend']
-    ema_g, ema_o2 = gblend_fn.ema_update(
-        ogr.as_vector(method_state['ema_g'], self.heads),
-        ogr.as_vector(method_state['ema_o2'], self.heads), stats['g'], stats['o'], self.ema_decay)
+    old_g = ogr.as_vector(method_state['ema_g'], self.heads)
+    old_o2 = ogr.as_vector(method_state['ema_o2'], self.heads)
+    new_g, new_o2 = gblend_fn.ema_update(old_g, old_o2, stats['g'], stats['o'], self.ema_decay)
+    estimated = method_state['estimate']
+    ema_g, ema_o2 = jnp.where(estimated, new_g, old_g), jnp.where(estimated, new_o2, old_o2)
+    num_estimates = info.step // self.estimate_every + 1
     weights, delta_g, delta_o = gblend_fn.weights_from_ema(
-        ema_g, ema_o2, info.step.astype(jnp.float32) + 1.0, self.ema_decay, self.min_delta_o,
+        ema_g, ema_o2, num_estimates.astype(jnp.float32), self.ema_decay, self.min_delta_o,
         self.weight_rule)
     update = (info.step + 1) % self.every_steps == 0
     estimate = self._estimate_state(weights, delta_g, delta_o)
@@ -306,7 +353,8 @@ class GradientBlending(Method):
     new_state.update(jax.tree.map(lambda new, old: jnp.where(update, new, old), estimate,
                                   {key: method_state[key] for key in estimate}))
     new_state.update(ema_g=self._per_head(ema_g), ema_o2=self._per_head(ema_o2),
-                     heldout_rng=jax.random.split(method_state['heldout_rng'])[1])
+                     heldout_rng=jax.random.split(method_state['heldout_rng'])[1],
+                     estimate=(info.step + 1) % self.estimate_every == 0)
     return new_state, {}
 
   # ----- host hooks -----------------------------------------------------------------------------

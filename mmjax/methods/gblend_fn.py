@@ -12,7 +12,8 @@ parameter pytrees; nothing depends on mmjax's models.
   :func:`measure_deltas`, over your own single-head train step and evaluation function.
 - The in-step estimator (the first-order form of Proposition 1, §3.2): :func:`per_head_statistics`
   gives every head's gradient and its unbiased ``(G_i, O_i)`` from two halves of a training batch
-  and a held-out batch; :func:`blend_head_gradients` combines the per-head gradients into the
+  and a held-out batch, two backward passes per batch whatever the number of modalities
+  (:mod:`mmjax.methods.per_head`); :func:`blend_head_gradients` combines the per-head gradients into the
   update ``sum_i w_i grad CE_i``; :func:`ema_update` and :func:`weights_from_ema` smooth ``G``
   and ``O^2`` and turn them into weights. All are pure and traced once: the weights and the EMA
   are arrays, so changing them never retraces a jitted step.
@@ -25,9 +26,9 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from mmjax.methods import per_head
 from mmjax.methods.ogr import (blend_weights, generalization_and_overfitting,
-                               overfitting_to_generalization_ratio,
-                               split_batch_generalization_and_overfitting)
+                               overfitting_to_generalization_ratio)
 from mmjax.models import groups
 
 Array = jax.Array
@@ -39,69 +40,96 @@ class HeadStatistics(NamedTuple):
 
   Attributes:
     grads: the per-head gradients on the whole training batch (the mean of the two halves'), a
-      pytree shaped like ``params`` with a leading head axis: ``grads[i]`` is ``grad CE_i``.
+      pytree shaped like ``params`` with a leading head axis: ``grads[i]`` is ``grad CE_i``
+      (under ``jit`` it costs nothing unless used; prefer ``head_gradients``).
     generalization: ``G_i = <g_{i,V}, g_i>``, shape ``[H]`` (§3.2).
     overfitting: ``O_i = <g_{i,1}, g_{i,2}> - G_i``, shape ``[H]`` (§3.2).
     first_aux, second_aux: the ``aux`` your loss function returned on each half.
+    head_gradients: the same gradients as ``grads``, one tree per backward pass
+      (:class:`~mmjax.methods.per_head.PerHeadGradients`), for :func:`blend_head_gradients`.
   """
   grads: PyTree
   generalization: Array
   overfitting: Array
   first_aux: Any
   second_aux: Any
+  head_gradients: per_head.PerHeadGradients
 
 
 def per_head_statistics(per_head_loss_fn: Callable[..., tuple[Array, Any]], params: PyTree,
                         first_half: Any, second_half: Any, heldout: Any,
-                        rngs: Sequence[Array | None] = (None, None, None)) -> HeadStatistics:
+                        rngs: Sequence[Array | None] = (None, None, None), *,
+                        heads: Sequence[str] | None = None,
+                        parameter_labels: PyTree | None = None) -> HeadStatistics:
   """Per-head gradients and the unbiased ``(G_i, O_i)`` of Proposition 1's first-order form (§3.2).
 
   ``per_head_loss_fn(params, batch, rng)`` returns ``(losses, aux)`` with ``losses`` the vector
   ``[CE_1, ..., CE_H]`` of every head's mean loss on ``batch`` (``rng``: its dropout key, or
   None). It runs once on each half of the training batch and once on the held-out batch
   ``heldout`` (a batch of ``V``), with the keys ``rngs = (first, second, heldout)``: give the
-  three independent keys, so the three gradients are independent draws. ``jax.jacrev`` gives
-  every head's gradient from one forward pass each. With ``g_{i,1}``, ``g_{i,2}``, ``g_{i,V}``
-  head ``i``'s gradients on the halves and on ``V`` and ``g_i = (g_{i,1} + g_{i,2}) / 2``:
-  ``G_i = <g_{i,V}, g_i>`` and ``O_i = <g_{i,1}, g_{i,2}> - G_i``, whose expectations are the
-  full-data ``<grad L^V, grad L^T>`` and ``<grad L^T - grad L^V, grad L^T>`` whatever the batch
-  size (:func:`~mmjax.methods.ogr.split_batch_generalization_and_overfitting`).
+  three independent keys, so the three gradients are independent draws. With ``g_{i,1}``,
+  ``g_{i,2}``, ``g_{i,V}`` head ``i``'s gradients on the halves and on ``V`` and
+  ``g_i = (g_{i,1} + g_{i,2}) / 2``: ``G_i = <g_{i,V}, g_i>`` and
+  ``O_i = <g_{i,1}, g_{i,2}> - G_i``, whose expectations are the full-data
+  ``<grad L^V, grad L^T>`` and ``<grad L^T - grad L^V, grad L^T>`` whatever the batch size
+  (:func:`~mmjax.methods.ogr.split_batch_generalization_and_overfitting`).
+
+  The gradients come from :func:`mmjax.methods.per_head.per_head_gradients`: one forward pass
+  per batch and one backward pass per head, or, given the head names ``heads`` (in loss-vector
+  order) and the model's ``parameter_labels`` (``parameter_groups(params)``), one backward pass
+  for all unimodal heads together and one for the fused head, whatever the number of
+  modalities (:func:`~mmjax.methods.per_head.head_reads`). ``G_i`` and ``O_i`` of a unimodal
+  head are inner products over its own parameter groups, where its gradient lives.
   """
   first_rng, second_rng, heldout_rng = rngs
+  if parameter_labels is None:
+    parameter_labels = jax.tree.map(lambda _: '', params)
+    reads = None
+  else:
+    reads = per_head.head_reads(heads, parameter_labels) if heads is not None else None
 
-  def jacobian(batch, rng):
-    return jax.jacrev(per_head_loss_fn, has_aux=True)(params, batch, rng)
+  def gradients(batch, rng):
+    _, head_grads, aux = per_head.per_head_gradients(
+        per_head_loss_fn, params, batch, rng, parameter_labels=parameter_labels, reads=reads,
+        has_aux=True)
+    return head_grads, aux
 
-  first_jac, first_aux = jacobian(first_half, first_rng)
-  second_jac, second_aux = jacobian(second_half, second_rng)
-  heldout_jac, _ = jacobian(heldout, heldout_rng)
-  generalization, overfit = jax.vmap(split_batch_generalization_and_overfitting)(
-      first_jac, second_jac, heldout_jac)
-  grads = jax.tree.map(lambda a, b: (a + b) / 2, first_jac, second_jac)
-  return HeadStatistics(grads, generalization, overfit, first_aux, second_aux)
+  first, first_aux = gradients(first_half, first_rng)
+  second, second_aux = gradients(second_half, second_rng)
+  heldout_grads, _ = gradients(heldout, heldout_rng)
+  direction = jax.tree.map(lambda a, b: (a + b) / 2, first, second)
+  generalization = heldout_grads.inner(direction)
+  overfit = first.inner(second) - generalization
+  return HeadStatistics(direction.stacked(), generalization, overfit, first_aux, second_aux,
+                        direction)
 
 
-def blend_head_gradients(head_grads: PyTree, weights: Array, parameter_labels: PyTree | None = None
-                         ) -> PyTree:
+def blend_head_gradients(head_grads: PyTree | per_head.PerHeadGradients, weights: Array,
+                         parameter_labels: PyTree | None = None) -> PyTree:
   """The gradient of ``L_blend = sum_i w_i CE_i`` (Eq. 6) from per-head gradients.
 
-  ``head_grads`` has a leading head axis (:attr:`HeadStatistics.grads`), ``weights`` is ``[H]``.
-  With ``parameter_labels`` (the model's ``parameter_groups(params)``, labels of
-  :mod:`mmjax.models.groups`), a head with ``w_i = 0`` is a probe: its own ``'head/...'``
-  parameters still learn from ``CE_i`` with coefficient 1, while it sends nothing into the
-  encoders (the probe rule of :mod:`mmjax.methods.base`). Without labels every parameter gets
-  ``sum_i w_i grad_i``.
+  ``head_grads`` is a :class:`~mmjax.methods.per_head.PerHeadGradients`
+  (:attr:`HeadStatistics.head_gradients`, the fast form) or a pytree with a leading head axis
+  (:attr:`HeadStatistics.grads`); ``weights`` is ``[H]``. With ``parameter_labels`` (the
+  model's ``parameter_groups(params)``, labels of :mod:`mmjax.models.groups`), a head with
+  ``w_i = 0`` is a probe: its own ``'head/...'`` parameters still learn from ``CE_i`` with
+  coefficient 1, while it sends nothing into the encoders (the probe rule of
+  :mod:`mmjax.methods.base`). Without labels every parameter gets ``sum_i w_i grad_i``.
   """
   weights = jnp.asarray(weights, jnp.float32)
-  if parameter_labels is None:
-    return jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), head_grads)
   probe_coefficients = jnp.where(weights > 0, weights, 1.0)
 
-  def combine(group, g):
-    c = probe_coefficients if groups.kind_of(group) == groups.HEAD else weights
-    return jnp.tensordot(c, g, axes=1)
+  def coefficients(group):
+    return probe_coefficients if groups.kind_of(group) == groups.HEAD else weights
 
-  return jax.tree.map(combine, parameter_labels, head_grads)
+  if isinstance(head_grads, per_head.PerHeadGradients):
+    if parameter_labels is None:
+      return head_grads.weighted_sum(weights)
+    return head_grads.weighted_sum(coefficients)
+  if parameter_labels is None:
+    return jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), head_grads)
+  return jax.tree.map(lambda group, g: jnp.tensordot(coefficients(group), g, axes=1),
+                      parameter_labels, head_grads)
 
 
 def ema_update(ema_g: Array, ema_o2: Array, generalization: Array, overfitting: Array,

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.models import groups
 
@@ -47,19 +48,44 @@ def squared_norm(leaves: Sequence[Array]) -> Array:
   return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
 
 
+def group_squared_norms(trees: Sequence[PyTree], labels: PyTree, group_names: Sequence[str]
+                        ) -> Array:
+  """``||x_g||^2`` of every group ``g`` of ``group_names`` in each tree of ``trees``: ``[T, G]``.
+
+  One fused reduction: every leaf's squared sum once, all trees stacked, then summed per group
+  by its index (``jax.ops.segment_sum``). ``labels`` is the trees' ``parameter_groups``;
+  leaves of other groups are skipped.
+  """
+  index = {g: i for i, g in enumerate(group_names)}
+  label_leaves = jax.tree.leaves(labels)
+  kept = [l for l, g in enumerate(label_leaves) if g in index]
+  if not kept:
+    return jnp.zeros((len(trees), len(group_names)), jnp.float32)
+  leaf_sums = jnp.stack([
+      jnp.stack([jnp.sum(jnp.square(leaves[l].astype(jnp.float32))) for l in kept])
+      for leaves in (jax.tree.leaves(tree) for tree in trees)])
+  segments = np.asarray([index[label_leaves[l]] for l in kept])
+  return jax.vmap(lambda sums: jax.ops.segment_sum(sums, segments,
+                                                   num_segments=len(group_names)))(leaf_sums)
+
+
 def learning_speed_ratios(params: PyTree, grads: PyTree, modalities: Sequence[str],
                           labels: PyTree) -> tuple[dict[str, Array], dict[str, Array]]:
   """``mu(theta_k)`` and ``mu(theta'_k)`` per modality: ``||grad||^2 / ||theta||^2`` (Sec. 4.2).
 
   ``labels`` is the model's ``parameter_groups(params)``: ``theta_k`` is branch and head of
-  ``k``, ``theta'_k`` its fusion layers and the shared ones (:mod:`mmjax.models.groups`).
+  ``k``, ``theta'_k`` its fusion layers and the shared ones (:mod:`mmjax.models.groups`). The
+  squared norms of every group, of parameters and gradients, are one fused reduction
+  (:func:`group_squared_norms`).
   """
   own = {m: (groups.label(groups.BRANCH, m), groups.label(groups.HEAD, m)) for m in modalities}
   fusion = {m: (groups.label(groups.FUSION, m), groups.FUSION) for m in modalities}
+  names = sorted({g for pair in (*own.values(), *fusion.values()) for g in pair})
+  grad_norms, param_norms = group_squared_norms((grads, params), labels, names)
 
   def ratio(group_names):
-    return (squared_norm(groups.leaves_in(grads, labels, group_names))
-            / squared_norm(groups.leaves_in(params, labels, group_names)))
+    picked = np.asarray([names.index(g) for g in group_names])
+    return grad_norms[picked].sum() / param_norms[picked].sum()
 
   return ({m: ratio(own[m]) for m in modalities}, {m: ratio(fusion[m]) for m in modalities})
 
@@ -291,6 +317,7 @@ def unimodal_accuracy(apply_fn: Callable[..., Mapping[str, Array]], variables: P
 
 __all__ = ['MODES', 'accumulate_learning_speed', 'balanced_learning_update',
            'conditional_learning_speed', 'conditional_utilization_rate', 'guided_schedule',
-           'init_balanced_state', 'init_speed_sums', 'learning_speed_ratios', 'mmtm_sown',
+           'group_squared_norms', 'init_balanced_state', 'init_speed_sums',
+           'learning_speed_ratios', 'mmtm_sown',
            'random_schedule', 'rebalance_flags', 'squared_norm', 'squeeze_sums',
            'unimodal_accuracy', 'unimodal_outputs', 'update_average_scales']
