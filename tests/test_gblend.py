@@ -10,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
 from configs import synthetic
-from mmjax import metrics, train
-from mmjax.methods import ogr
+from mmjax import data, metrics, train
+from mmjax.data.dataset import derive_seed
+from mmjax.methods import gblend_fn, ogr
 from mmjax.methods.gblend import GradientBlending
 from mmjax.models import LateFusionClassifier, MLPEncoder
 from mmjax.step import cross_entropy
@@ -263,6 +264,53 @@ def test_vmap_and_sequential_estimates_match_a_reference_by_hand(online_trainer)
                                                                 reference['heldout_after']),
                                rtol=1e-3, atol=1e-6)
   method.estimation = 'vmap'
+
+
+def test_estimation_is_linear_in_the_heads_and_auto_picks_the_cheaper_mode(online_trainer):
+  """XLA drops what a copy's head does not read: a unimodal copy's compiled step costs less
+  than the fused copy's, and all per-copy steps together less than the vmapped step of the
+  k + 1 full copies, which ``estimation='auto'`` then does not pick (on the host: no memory
+  limit)."""
+  from mmjax.methods import gblend  # pylint: disable=import-outside-toplevel
+  trainer, method = online_trainer, online_trainer.method
+  state = trainer.init_state()
+  batch = next(method._estimation_batches(trainer.context, 0, 1)())  # pylint: disable=protected-access
+  copy = jax.device_put(state.replace(method_state={'weights': {h: jnp.float32(1.0)
+                                                                for h in HEADS}}),
+                        trainer.replicated)
+  flops = [gblend._flops(step.lower(copy, batch).compile())  # pylint: disable=protected-access
+           for step in method._copy_steps]  # pylint: disable=protected-access
+  stacked = gblend_fn.stack_copies([copy] * 3)
+  vmapped = gblend._flops(  # pylint: disable=protected-access
+      method._stacked_estimation_step.lower(stacked, batch).compile())  # pylint: disable=protected-access
+  assert max(flops[1:]) < flops[0] and sum(flops) < vmapped
+  method.estimation = 'auto'
+  assert method.estimation_mode(trainer.context, state) == 'sequential'
+  method.estimation = 'vmap'
+  assert method.estimation_mode(trainer.context, state) == 'vmap'
+
+
+def test_estimation_fraction_trains_the_copies_on_a_seeded_subset(online_trainer):
+  trainer, method = online_trainer, online_trainer.method
+  split = trainer.dataset.splits['train']
+  labels = lambda b: np.asarray(b['label'])  # noqa: E731
+  full = [labels(b) for b in method._estimation_batches(trainer.context, 1, 1)()]  # pylint: disable=protected-access
+  method.estimation_fraction = 0.25
+  try:
+    part = [labels(b) for b in method._estimation_batches(trainer.context, 1, 2)()]  # pylint: disable=protected-access
+  finally:
+    method.estimation_fraction = 1.0
+  size = max(trainer.config.batch_size, round(0.25 * len(split)))
+  steps = size // trainer.config.batch_size
+  assert len(full) == len(split) // trainer.config.batch_size and len(part) == 2 * steps
+  seed = derive_seed(trainer.seed, 103, 1)
+  subset = split.take(np.sort(np.random.default_rng(seed).permutation(len(split))[:size]))
+  expected = data.TrainIterator(subset, trainer.config.batch_size, seed)
+  for got in part:
+    np.testing.assert_array_equal(got, next(expected)['label'])
+  with pytest.raises(ValueError, match='estimation_fraction'):
+    gblend_cls = type(method)
+    gblend_cls({'estimation_fraction': 0.0}, HEADS, ('a', 'b'))
 
 
 def test_online_run_never_recompiles_and_logs_estimates(online_trainer):
