@@ -13,6 +13,8 @@ issue 12's goal is an overhead of at most 10% of the compiled step.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -41,7 +43,7 @@ def _configs(epochs: int) -> dict:
 
 def loop_ms_per_step(config) -> float:
   """The best epoch's loop time per step (ms) of a real run, the first (compiling) epoch left out."""
-  with tempfile.TemporaryDirectory() as workdir:
+  with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
     train.train_and_evaluate(config, workdir)
     records = metrics.select(metrics.read_metrics(workdir), 'train')
   rates = [r['steps_per_second'] for r in records if 'steps_per_second' in r][1:]
