@@ -37,12 +37,20 @@ Estimators (``method.estimator``):
   on the whole batch with the weights held at the start of the step (probe heads as in
   :mod:`mmjax.methods.base`). The batch size must be even.
 
-The ``k + 1`` estimation runs are one compiled program, ``jax.vmap`` of a weighted train step
-over the stacked copies (``estimation='vmap'``), or run one after another with the same step
-unbatched (``'sequential'``, for models whose ``k + 1`` copies do not fit in memory); both give
-the same numbers up to float rounding. The copies start from the current optimiser state (its
+Copy ``i`` trains only what head ``i`` reads (:meth:`GradientBlending.copy_groups`; the other
+parameters stay as they were, so XLA drops their passes): an estimation is ``O(k)`` branch
+passes a batch, not ``O(k^2)``, and head ``i``'s ``dG``/``dO`` equal those of the one-hot
+weighted full step. The ``k + 1`` copies run one after another on each batch
+(``estimation='sequential'``), or as one compiled program, ``jax.vmap`` of the one-hot weighted
+full train step over the stacked copies (``'vmap'``: ``O(k^2)`` FLOPs, ``k + 1`` copies'
+activations in memory); ``'auto'`` (the default) picks by a measured rule
+(:meth:`GradientBlending.estimation_mode`). Both give the same numbers up to float rounding.
+The copies start from the current optimiser state (its
 moments and its learning-rate schedule position), so copy ``i`` is the checkpoint ``phi^N``
 trained on exactly as the main run would be; MultiBench instead builds a fresh optimiser.
+``estimation_fraction`` < 1 trains the copies on a seeded subset of that share of the training
+split (the paper: "estimation may run on a small subset of the data"); 1, the default, is the
+paper's full data.
 Estimation reads its own batches (seeded by ``(seed, epoch)``), so the main data stream, and
 resuming from a checkpoint, are unaffected.
 
