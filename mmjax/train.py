@@ -12,9 +12,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import queue
 import sys
+import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -188,6 +190,7 @@ class Trainer:
       if config[key] % n_dev:
         raise ValueError(f'{key} = {config[key]} must be divisible by the number of devices ({n_dev}).')
     self.train_iterator = data.TrainIterator(self.dataset.splits['train'], config.batch_size, self.seed)
+    self._checked_train_batch = False
     self.steps_per_epoch = self.train_iterator.steps_per_epoch
     self.tx = optim.build_optimizer(config.optimizer, self.steps_per_epoch, config.num_epochs)
     self.learning_rate_fn = optim.learning_rate_schedule(config.optimizer, self.steps_per_epoch,
@@ -246,13 +249,21 @@ class Trainer:
         raise ValueError(f'batch modality {m!r} has per-example shape {got}; the model was built '
                          f'for {shape}.')
 
-  def shard(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+  def shard(self, batch: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
     """Puts this host's rows of a global batch on the mesh, split over the ``data`` axis
-    (model modalities only)."""
-    self.check_batch(batch)
+    (model modalities only), after :meth:`check_batch` unless ``check=False``.
+
+    With one process the whole batch goes over in one ``jax.device_put``; with several, each
+    array is assembled from every host's rows (:meth:`put_global`).
+    """
+    if check:
+      self.check_batch(batch)
     host = dict(batch)
     host['inputs'] = {m: batch['inputs'][m] for m in self.modalities}
-    sharded = jax.tree.map(self.put_global, host)
+    if jax.process_count() == 1:
+      sharded = jax.device_put(jax.tree.map(np.asarray, host), self.data_sharding)
+    else:
+      sharded = jax.tree.map(self.put_global, host)
     faults.maybe_fail('shard')
     return sharded
 
@@ -269,7 +280,20 @@ class Trainer:
     return jax.make_array_from_process_local_data(self.data_sharding, x, global_shape)
 
   def next_batch(self) -> dict[str, Any]:
-    return self.shard(self.method.extend_batch(next(self.train_iterator)))
+    """The next training batch (with what the method adds to it) on the mesh.
+
+    The batch shapes are checked on the first batch only: every later batch of the stream has
+    the same shapes.
+    """
+    batch = self.shard(self.method.extend_batch(next(self.train_iterator)),
+                       check=not self._checked_train_batch)
+    self._checked_train_batch = True
+    return batch
+
+  def prefetch(self, num_batches: int) -> 'BatchPrefetcher':
+    """The next ``num_batches`` of :meth:`next_batch`, prepared :data:`PREFETCH_BATCHES` ahead
+    in a background thread (:class:`BatchPrefetcher`)."""
+    return BatchPrefetcher(self.next_batch, num_batches)
 
   # ----- evaluation ---------------------------------------------------------------------------
   def evaluate(self, state: TrainState, split: str | data.Split, eval_step=None) -> dict[str, float]:
@@ -289,6 +313,64 @@ class Trainer:
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
       faults.maybe_fail('eval_batch')
     return jax.device_get(totals)
+
+
+#: How many training batches :class:`BatchPrefetcher` prepares ahead of the step.
+PREFETCH_BATCHES = 2
+
+
+class BatchPrefetcher:
+  """``num_batches`` results of ``next_batch()``, computed in order by a background thread
+  that stays at most :data:`PREFETCH_BATCHES` batches ahead of the consumer.
+
+  The host work of a batch (reading, shuffling, ``device_put`` to the mesh) then overlaps the
+  compiled steps already dispatched. The thread stops after ``num_batches`` (an epoch's
+  remaining steps), so when the consumer has taken them all the data iterator stands exactly
+  where taking them one by one would have left it; the train loop saves the position of the
+  batches it consumed, never of those prepared ahead. An exception while preparing a batch is
+  raised by the ``next()`` that would have returned it. :meth:`close` stops the thread early.
+  """
+
+  def __init__(self, next_batch: Callable[[], Any], num_batches: int):
+    self._ready: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    self._stop = threading.Event()
+    self._remaining = num_batches
+    self._thread = threading.Thread(target=self._produce, args=(next_batch, num_batches),
+                                    daemon=True, name='mmjax-prefetch')
+    self._thread.start()
+
+  def _produce(self, next_batch: Callable[[], Any], num_batches: int) -> None:
+    for _ in range(num_batches):
+      try:
+        item = (next_batch(), None)
+      except Exception as e:  # pylint: disable=broad-except  (re-raised by the consumer)
+        item = (None, e)
+      while not self._stop.is_set():
+        try:
+          self._ready.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if self._stop.is_set() or item[1] is not None:
+        return
+
+  def __iter__(self) -> 'BatchPrefetcher':
+    return self
+
+  def __next__(self) -> Any:
+    if self._remaining <= 0:
+      raise StopIteration
+    batch, error = self._ready.get()
+    self._remaining -= 1
+    if error is not None:
+      self.close()
+      raise error
+    return batch
+
+  def close(self) -> None:
+    """Stops the thread (batches prepared but not taken are dropped) and waits for it."""
+    self._stop.set()
+    self._thread.join()
 
 
 def _first_nonfinite(step_metrics: list[dict[str, np.ndarray]], first_step: int
@@ -447,9 +529,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
   writer = metrics.MetricWriter(workdir, records=num_records, enabled=lead)
   show_bar = bool(config.progress_bar) and lead
 
-  def position(epoch, steps_done):  # copied: Orbax writes it later, in the background
+  def position(epoch, steps_done, iterator_step):  # copied: Orbax writes it later, in the background
     return {'epoch': epoch, 'epoch_step': steps_done, 'train_sums': dict(sums.sums),
-            'metrics_records': writer.records, 'data_iterator': trainer.train_iterator.get_state()}
+            'metrics_records': writer.records,
+            'data_iterator': {**trainer.train_iterator.get_state(), 'step': iterator_step}}
 
   try:
     for epoch in range(start_epoch, config.num_epochs):
@@ -466,31 +549,39 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
       started = time.perf_counter()
       bar = tqdm(total=trainer.steps_per_epoch, initial=epoch_step, leave=False, file=sys.stderr,
                  desc=f'epoch {epoch + 1}/{config.num_epochs}', disable=not show_bar)
-      for i in range(epoch_step, trainer.steps_per_epoch):
-        state, step_metrics = trainer.jit_train_step(state, trainer.next_batch())
-        faults.maybe_fail('train_step')
-        pending.append(step_metrics)
-        mid_epoch_checkpoint = (every and (first_step + i + 1) % every == 0
-                                and i + 1 < trainer.steps_per_epoch)
-        if ((i + 1) % config.log_every_steps == 0 or i + 1 == trainer.steps_per_epoch
-            or mid_epoch_checkpoint):
-          fetched = jax.device_get(pending)
-          bad = _first_nonfinite(fetched, first_step + sums.count)
-          if bad is not None:
-            last = ckpt.latest_step()
-            kept = ('no checkpoint yet' if last is None
-                    else f'its last good checkpoint (step {last}) is intact in {workdir}')
-            raise FloatingPointError(
-                f"non-finite {', '.join(bad[1])} at step {bad[0]} (epoch {epoch + 1}); the run "
-                f'stopped and {kept}.')
-          sums.add(fetched)
-          recent = (recent + fetched)[-config.log_every_steps:]
-          pending = []
-          bar.set_postfix(_postfix(_mean_metrics(recent), trainer.heads))
-        if mid_epoch_checkpoint:
-          ckpt.save(first_step + i + 1, state, position(epoch, i + 1))
-          faults.maybe_fail('checkpoint_saved')
-        bar.update(1)
+      # The data position of the batch of step i is first_batch + (i - epoch_step): batches
+      # prepared ahead by the prefetcher are not in a checkpoint's position.
+      first_batch = trainer.train_iterator.step
+      batches = trainer.prefetch(trainer.steps_per_epoch - epoch_step)
+      try:
+        for i in range(epoch_step, trainer.steps_per_epoch):
+          state, step_metrics = trainer.jit_train_step(state, next(batches))
+          faults.maybe_fail('train_step')
+          pending.append(step_metrics)
+          mid_epoch_checkpoint = (every and (first_step + i + 1) % every == 0
+                                  and i + 1 < trainer.steps_per_epoch)
+          if ((i + 1) % config.log_every_steps == 0 or i + 1 == trainer.steps_per_epoch
+              or mid_epoch_checkpoint):
+            fetched = jax.device_get(pending)
+            bad = _first_nonfinite(fetched, first_step + sums.count)
+            if bad is not None:
+              last = ckpt.latest_step()
+              kept = ('no checkpoint yet' if last is None
+                      else f'its last good checkpoint (step {last}) is intact in {workdir}')
+              raise FloatingPointError(
+                  f"non-finite {', '.join(bad[1])} at step {bad[0]} (epoch {epoch + 1}); the run "
+                  f'stopped and {kept}.')
+            sums.add(fetched)
+            recent = (recent + fetched)[-config.log_every_steps:]
+            pending = []
+            bar.set_postfix(_postfix(_mean_metrics(recent), trainer.heads))
+          if mid_epoch_checkpoint:
+            ckpt.save(first_step + i + 1, state,
+                      position(epoch, i + 1, first_batch + i + 1 - epoch_step))
+            faults.maybe_fail('checkpoint_saved')
+          bar.update(1)
+      finally:
+        batches.close()
       bar.close()
       step = int(jax.device_get(state.step))
       train_record = sums.means()
@@ -509,7 +600,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_after_epoch: in
         writer.write(step, epoch + 1, split, evals[split])
       writer.flush()
       epoch_step, sums = 0, EpochSums()
-      ckpt.save(step, state, position(epoch + 1, 0),
+      ckpt.save(step, state, position(epoch + 1, 0, trainer.train_iterator.step),
                 val_accuracy=evals['val'][f'accuracy/{selection_head}'])
       faults.maybe_fail('checkpoint_saved')
       if lead:

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from mmjax import data
 from mmjax.data import cgmnist, ucimf
+from mmjax.data.dataset import derive_seed
 
 SMALL_CONFIGS = {
     'cgmnist': {'name': 'cgmnist'},
@@ -446,6 +447,16 @@ def test_train_iterator_epochs_reshuffle_and_cover_each_example_at_most_once():
   assert iterator.step == 30
 
 
+def test_train_iterator_epoch_is_one_numpy_permutation_cut_into_batches():
+  """Epoch e reads ``default_rng([derive_seed(seed), e]).permutation(N)`` in order, by hand."""
+  split = counting_split(103)
+  iterator = data.TrainIterator(split, batch_size=10, seed=5)
+  for epoch in range(2):
+    order = np.random.default_rng([derive_seed(5), epoch]).permutation(103)
+    ids = np.concatenate([example_ids(next(iterator)) for _ in range(10)])
+    np.testing.assert_array_equal(ids, order[:100])
+
+
 def test_train_iterator_is_deterministic_in_the_seed():
   split = counting_split(500)
 
@@ -455,7 +466,7 @@ def test_train_iterator_is_deterministic_in_the_seed():
 
   np.testing.assert_array_equal(first_ids(1), first_ids(1))
   assert not np.array_equal(first_ids(1), first_ids(2))
-  # Seed 1's second epoch is not seed 2's first (grain seeds epoch e with its seed + e).
+  # Seed 1's second epoch is not seed 2's first (epoch e is seeded by (hash of seed, e)).
   assert not np.array_equal(first_ids(1)[500:1000], first_ids(2)[:500])
 
 

@@ -10,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
 from configs import synthetic
-from mmjax import metrics, train
-from mmjax.methods import ogr
+from mmjax import data, metrics, train
+from mmjax.data.dataset import derive_seed
+from mmjax.methods import gblend_fn, ogr
 from mmjax.methods.gblend import GradientBlending
 from mmjax.models import LateFusionClassifier, MLPEncoder
 from mmjax.step import cross_entropy
@@ -201,27 +202,28 @@ def _copy_gradient(trainer, params, head, batch):
 def test_estimation_copies_train_their_head_from_the_inherited_optimiser_state(online_trainer):
   """One step of each copy against SGD with momentum by hand, the momentum ``g0`` inherited.
 
-  Copy ``a`` leaves encoder ``b`` untouched; the fused copy moves every encoder.
+  Copy ``i`` trains only what head ``i`` reads (O(k) estimation): copy ``a`` moves encoder
+  ``a`` and head ``a`` and leaves every other parameter exactly as it was; the fused copy
+  moves every encoder and the fused head, not the unimodal heads.
   """
   trainer = online_trainer
   state, g0 = _after_one_main_step(trainer)
   batch = trainer.next_batch()
-  for head in HEADS:
+  owned = {'fused': ('encoders_a', 'encoders_b', 'head_fused'), 'a': ('encoders_a', 'head_a'),
+           'b': ('encoders_b', 'head_b')}
+  for i, head in enumerate(HEADS):
     copy = state.replace(method_state={'weights': {
         h: jnp.float32(1.0 if h == head else 0.0) for h in HEADS}})
-    new, _ = trainer.method._estimation_step(  # pylint: disable=protected-access
+    new = trainer.method._copy_steps[i](  # pylint: disable=protected-access
         jax.device_put(copy, trainer.replicated), trainer.shard(batch))
     g = _copy_gradient(trainer, state.params, head, batch)
-    expected = jax.tree.map(lambda p, gi, m: p - 0.1 * (gi + 0.9 * m), state.params, g, g0)
-    for got, want in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    # What the copy's own gradient moved: the update beyond the inherited momentum's share.
-    own_move = jax.tree.map(lambda p, q, m: float(np.abs(p - 0.09 * m - q).max()),
-                            state.params, new.params, g0)
-    for m in ('a', 'b'):
-      trained = min(jax.tree.leaves(own_move[f'encoders_{m}'])) > 1e-6
-      untouched = max(jax.tree.leaves(own_move[f'encoders_{m}'])) < 1e-7
-      assert trained if head in ('fused', m) else untouched, (head, m, own_move[f'encoders_{m}'])
+    for name in state.params:
+      want = (jax.tree.map(lambda p, gi, m: p - 0.1 * (gi + 0.9 * m), state.params[name],
+                           g[name], g0[name]) if name in owned[head] else state.params[name])
+      for got, expected in zip(jax.tree.leaves(new.params[name]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=(head, name))
+  assert trainer.method.copy_groups('a') == {'branch/a', 'head/a'}
+  assert trainer.method.copy_groups('fused') == {'branch/a', 'branch/b', 'head/fused'}
 
 
 def test_vmap_and_sequential_estimates_match_a_reference_by_hand(online_trainer):
@@ -262,6 +264,53 @@ def test_vmap_and_sequential_estimates_match_a_reference_by_hand(online_trainer)
                                                                 reference['heldout_after']),
                                rtol=1e-3, atol=1e-6)
   method.estimation = 'vmap'
+
+
+def test_estimation_is_linear_in_the_heads_and_auto_picks_the_cheaper_mode(online_trainer):
+  """XLA drops what a copy's head does not read: a unimodal copy's compiled step costs less
+  than the fused copy's, and all per-copy steps together less than the vmapped step of the
+  k + 1 full copies, which ``estimation='auto'`` then does not pick (on the host: no memory
+  limit)."""
+  from mmjax.methods import gblend  # pylint: disable=import-outside-toplevel
+  trainer, method = online_trainer, online_trainer.method
+  state = trainer.init_state()
+  batch = next(method._estimation_batches(trainer.context, 0, 1)())  # pylint: disable=protected-access
+  copy = jax.device_put(state.replace(method_state={'weights': {h: jnp.float32(1.0)
+                                                                for h in HEADS}}),
+                        trainer.replicated)
+  flops = [gblend._flops(step.lower(copy, batch).compile())  # pylint: disable=protected-access
+           for step in method._copy_steps]  # pylint: disable=protected-access
+  stacked = gblend_fn.stack_copies([copy] * 3)
+  vmapped = gblend._flops(  # pylint: disable=protected-access
+      method._stacked_estimation_step.lower(stacked, batch).compile())  # pylint: disable=protected-access
+  assert max(flops[1:]) < flops[0] and sum(flops) < vmapped
+  method.estimation = 'auto'
+  assert method.estimation_mode(trainer.context, state) == 'sequential'
+  method.estimation = 'vmap'
+  assert method.estimation_mode(trainer.context, state) == 'vmap'
+
+
+def test_estimation_fraction_trains_the_copies_on_a_seeded_subset(online_trainer):
+  trainer, method = online_trainer, online_trainer.method
+  split = trainer.dataset.splits['train']
+  labels = lambda b: np.asarray(b['label'])  # noqa: E731
+  full = [labels(b) for b in method._estimation_batches(trainer.context, 1, 1)()]  # pylint: disable=protected-access
+  method.estimation_fraction = 0.25
+  try:
+    part = [labels(b) for b in method._estimation_batches(trainer.context, 1, 2)()]  # pylint: disable=protected-access
+  finally:
+    method.estimation_fraction = 1.0
+  size = max(trainer.config.batch_size, round(0.25 * len(split)))
+  steps = size // trainer.config.batch_size
+  assert len(full) == len(split) // trainer.config.batch_size and len(part) == 2 * steps
+  seed = derive_seed(trainer.seed, 103, 1)
+  subset = split.take(np.sort(np.random.default_rng(seed).permutation(len(split))[:size]))
+  expected = data.TrainIterator(subset, trainer.config.batch_size, seed)
+  for got in part:
+    np.testing.assert_array_equal(got, next(expected)['label'])
+  with pytest.raises(ValueError, match='estimation_fraction'):
+    gblend_cls = type(method)
+    gblend_cls({'estimation_fraction': 0.0}, HEADS, ('a', 'b'))
 
 
 def test_online_run_never_recompiles_and_logs_estimates(online_trainer):

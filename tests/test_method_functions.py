@@ -116,6 +116,32 @@ def test_measure_deltas_by_hand_stacked_and_sequential():
                              evaluate=evaluate, batches=batches, stacked=True)
 
 
+def test_measure_deltas_with_one_step_per_copy_reads_the_stream_once():
+  """Copy ``i`` trained by its own step (``train_step[i]``, here the only parameter it moves)
+  gives the by-hand numbers of the shared step; the batch stream is read once for all copies."""
+  state, _, evaluate, single_head_copy, batches = _quadratic_estimation()
+  reads = []
+
+  def counted_batches():
+    reads.append(1)
+    return batches()
+
+  def own_step(i):
+    return jax.jit(lambda s, batch: {**s, 'w': s['w'].at[i].add(-0.5 * (s['w'][i] - batch[i]))})
+
+  measured = gblend_fn.measure_deltas(
+      state, 2, single_head_copy=single_head_copy, train_step=[own_step(0), own_step(1)],
+      evaluate=evaluate, batches=counted_batches,
+      evaluate_copy=lambda copy, i: tuple(v[i] for v in evaluate(copy)))
+  assert len(reads) == 1
+  np.testing.assert_allclose(measured['heldout_after'], [1 / 16, 1 / 4])
+  np.testing.assert_allclose(measured['delta_g'], [3 / 16, 3 / 4], rtol=1e-6)
+  np.testing.assert_allclose(measured['delta_o'], [3 / 4, 3.0], rtol=1e-6)
+  with pytest.raises(ValueError, match='1 train steps for 2 heads'):
+    gblend_fn.measure_deltas(state, 2, single_head_copy=single_head_copy,
+                             train_step=[own_step(0)], evaluate=evaluate, batches=batches)
+
+
 def test_gblend_functions_in_a_jitted_step_trace_once():
   traces = []
 

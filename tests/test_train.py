@@ -250,3 +250,44 @@ def test_relative_workdir(tmp_path, monkeypatch):
   ckpt = checkpointing.Checkpointer(str(tmp_path / 'runs' / 'relative' / 'checkpoints'))
   assert ckpt.best_step() is not None
   ckpt.close()
+
+
+def test_prefetcher_gives_the_stream_in_order_and_leaves_the_position_of_what_it_gave():
+  """Batches prepared ahead equal ``next_batch``'s, in order; the iterator ends where taking
+  them one by one leaves it; an error preparing batch ``n`` is raised when batch ``n`` is taken."""
+  reference, trainer = (train.Trainer(tiny_synthetic_config()) for _ in range(2))
+  expected = [reference.next_batch() for _ in range(5)]
+  got = list(trainer.prefetch(5))
+  assert len(got) == 5 and trainer.train_iterator.step == reference.train_iterator.step == 5
+  for want, batch in zip(expected, got):
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(batch)):
+      np.testing.assert_array_equal(a, b)
+  calls = []
+
+  def failing_third():
+    calls.append(1)
+    if len(calls) == 3:
+      raise ValueError('batch 3 is unreadable')
+    return len(calls)
+
+  batches = train.BatchPrefetcher(failing_third, 6)
+  assert [next(batches), next(batches)] == [1, 2]
+  with pytest.raises(ValueError, match='batch 3'):
+    next(batches)
+  assert len(calls) == 3  # nothing prepared after the failure
+  early = train.BatchPrefetcher(failing_third, 100)
+  early.close()  # stops the thread at once: at most PREFETCH_BATCHES + 1 were prepared
+  assert len(calls) <= 3 + train.PREFETCH_BATCHES + 1
+
+
+def test_mid_epoch_checkpoint_holds_the_position_of_the_consumed_batches(tmp_path):
+  config = tiny_synthetic_config()
+  config.checkpoint_every_steps = 3
+  config.checkpoint_keep = 10
+  train.train_and_evaluate(config, str(tmp_path / 'run'), stop_after_epoch=1)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), keep=10)
+  state = train.Trainer(config).init_state()
+  for step in (3, 6):
+    _, extra = ckpt._restore(step, state)  # pylint: disable=protected-access
+    assert extra['data_iterator']['step'] == step and extra['epoch_step'] == step
+  ckpt.close()

@@ -77,16 +77,46 @@ def _in_workers(dataset: grain.MapDataset, worker_count: int, split: Any) -> Ite
 
 
 class _ReadTrainBatch:
-  """``(batch index k, global example indices) -> this host's rows of batch k``, augmented with
-  one generator per example seeded by ``(augment_seed, k, row in the global batch)``."""
+  """``batch index k -> this host's rows of batch k``, augmented with one generator per example
+  seeded by ``(augment_seed, k, row in the global batch)``.
 
-  def __init__(self, split: Any, augment_seed: int, process_index: int, process_count: int):
+  Batch ``k`` of an epoch of ``steps_per_epoch`` batches is the slice ``[j B, (j + 1) B)``
+  (``j = k mod steps_per_epoch``) of that epoch's permutation of the example indices, drawn once
+  per epoch (``numpy.random.Generator.permutation`` seeded by ``(shuffle_seed, epoch)``) and kept
+  for the epoch's batches: ``O(N)`` once per epoch, not a per-index shuffle on every batch.
+  """
+
+  def __init__(self, split: Any, num_examples: int, batch_size: int, shuffle_seed: int,
+               augment_seed: int, process_index: int, process_count: int):
     self.split = split
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.steps_per_epoch = num_examples // batch_size
+    self.shuffle_seed = shuffle_seed
     self.augment_seed = augment_seed
     self.process_index = process_index
     self.process_count = process_count
+    self._epoch: int | None = None
+    self._order: np.ndarray | None = None
 
-  def __call__(self, k: int, indices: np.ndarray) -> dict[str, Any]:
+  def __getstate__(self) -> dict[str, Any]:  # Grain's workers draw their own permutations
+    return {**self.__dict__, '_epoch': None, '_order': None}
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """The permutation of the example indices that epoch ``epoch`` reads in order."""
+    if epoch != self._epoch:
+      self._order = np.random.default_rng([self.shuffle_seed, epoch]).permutation(
+          self.num_examples)
+      self._epoch = epoch
+    return self._order
+
+  def indices(self, k: int) -> np.ndarray:
+    """The global example indices of batch ``k``."""
+    epoch, j = divmod(k, self.steps_per_epoch)
+    return self.epoch_order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
+
+  def __call__(self, k: int, _: Any = None) -> dict[str, Any]:
+    indices = self.indices(k)
     rows = _host_rows(len(indices), self.process_index, self.process_count)
     rngs = None
     if getattr(self.split, 'augment', None):
@@ -114,18 +144,19 @@ class _ReadEvalBatch:
 class TrainIterator:
   """Endless shuffled training batches of one split.
 
-  The stream is ``grain.MapDataset.range(N).shuffle(...).batch(batch_size,
-  drop_remainder=True).repeat()`` over example indices, then each batch's rows are read from the
-  split (``split.batch``), read by index. Grain shuffles the example indices of every epoch with
-  its own permutation, cuts each epoch into ``steps_per_epoch`` full batches (the last
-  ``N % batch_size`` examples of the epoch's order are dropped, a different few each epoch) and
-  never mixes two epochs in one batch. In-memory splits gather a batch with one vectorised
-  indexing per modality; record splits read, preprocess and augment example by example. Batch
-  ``k`` depends only on ``(split, batch_size, seed, k)``, so the iterator's state is the index of
-  the next batch, whatever the number of workers and hosts.
+  Epoch ``e`` reads the example indices in the order of one permutation, drawn once for the
+  epoch (``numpy.random.default_rng([grain_seed, e]).permutation(N)``), cut into
+  ``steps_per_epoch`` full batches (the last ``N % batch_size`` examples of the epoch's order are
+  dropped, a different few each epoch); two epochs never mix in one batch. The stream is a
+  ``grain.MapDataset`` over batch indices, ``range(steps_per_epoch).repeat()`` mapped to the
+  batches' rows (``split.batch``): in-memory splits gather a batch with one vectorised indexing
+  per modality; record splits read, preprocess and augment example by example, in Grain's
+  worker processes when ``worker_count > 0`` (Grain prefetches ahead of the consumer there).
+  Batch ``k`` depends only on ``(split, batch_size, seed, k)``, so the iterator's state is the
+  index of the next batch, whatever the number of workers and hosts.
 
-  Grain seeds epoch ``e`` with ``grain_seed + e``; ``grain_seed`` is a hash of ``seed`` so that
-  runs with neighbouring seeds do not see the same epoch orders shifted by one epoch.
+  ``grain_seed`` is a hash of ``seed`` so that runs with neighbouring seeds do not see the same
+  epoch orders shifted by one epoch.
 
   Attributes:
     batch_size: examples per global batch; each host gets ``batch_size / process_count``.
@@ -150,12 +181,10 @@ class TrainIterator:
     self._num_examples = len(split)
     self._split = split
     grain_seed = derive_seed(self.seed)
-    self._batches = (grain.MapDataset.range(len(split))
-                     .shuffle(seed=grain_seed)
-                     .batch(self.batch_size, drop_remainder=True)
-                     .repeat()
-                     .map_with_index(_ReadTrainBatch(split, grain_seed, process_index,
-                                                     process_count)))
+    self._read = _ReadTrainBatch(split, len(split), self.batch_size, grain_seed, grain_seed,
+                                 process_index, process_count)
+    self._batches = (grain.MapDataset.range(self.steps_per_epoch).repeat()
+                     .map_with_index(self._read))
     self._step = 0
     self._workers: Iterator[Any] | None = None
     self._close_workers = None
@@ -175,7 +204,7 @@ class TrainIterator:
 
   def __next__(self) -> dict[str, Any]:
     if not self.worker_count:
-      batch = self._batches[self._step]
+      batch = self._read(self._step)
     else:
       if self._workers is None:
         self._workers = _in_workers(self._batches[self._step:], self.worker_count,

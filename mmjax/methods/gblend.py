@@ -47,12 +47,20 @@ Estimators (``method.estimator``):
   ``every_steps`` steps (with ``every_steps < m`` some recomputations see no new estimate and
   repeat the weights).
 
-The ``k + 1`` estimation runs are one compiled program, ``jax.vmap`` of a weighted train step
-over the stacked copies (``estimation='vmap'``), or run one after another with the same step
-unbatched (``'sequential'``, for models whose ``k + 1`` copies do not fit in memory); both give
-the same numbers up to float rounding. The copies start from the current optimiser state (its
+Copy ``i`` trains only what head ``i`` reads (:meth:`GradientBlending.copy_groups`; the other
+parameters stay as they were, so XLA drops their passes): an estimation is ``O(k)`` branch
+passes a batch, not ``O(k^2)``, and head ``i``'s ``dG``/``dO`` equal those of the one-hot
+weighted full step. The ``k + 1`` copies run one after another on each batch
+(``estimation='sequential'``), or as one compiled program, ``jax.vmap`` of the one-hot weighted
+full train step over the stacked copies (``'vmap'``: ``O(k^2)`` FLOPs, ``k + 1`` copies'
+activations in memory); ``'auto'`` (the default) picks by a measured rule
+(:meth:`GradientBlending.estimation_mode`). Both give the same numbers up to float rounding.
+The copies start from the current optimiser state (its
 moments and its learning-rate schedule position), so copy ``i`` is the checkpoint ``phi^N``
 trained on exactly as the main run would be; MultiBench instead builds a fresh optimiser.
+``estimation_fraction`` < 1 trains the copies on a seeded subset of that share of the training
+split (the paper: "estimation may run on a small subset of the data"); 1, the default, is the
+paper's full data.
 Estimation reads its own batches (seeded by ``(seed, epoch)``), so the main data stream, and
 resuming from a checkpoint, are unaffected.
 
@@ -79,6 +87,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mmjax import data
 from mmjax import step as step_lib
@@ -92,7 +101,7 @@ Array = jax.Array
 PyTree = Any
 
 ESTIMATORS = ('offline', 'online', 'gradient')
-ESTIMATION_MODES = ('vmap', 'sequential')
+ESTIMATION_MODES = ('auto', 'vmap', 'sequential')
 
 # Random streams of the method, each seeded by derive_seed(seed, stream, ...).
 _HELDOUT_STREAM = 101
@@ -141,7 +150,8 @@ class GradientBlending(Method):
       'warmup_epochs': 10,  # online: length of the first super-epoch
       'super_epoch': 5,  # online: length of the later super-epochs
       'estimation_epochs': 0,  # epochs n of each estimation run; 0: the coming super-epoch's length
-      'estimation': 'vmap',  # vmap | sequential: how the k + 1 estimation copies run
+      'estimation': 'auto',  # auto | vmap | sequential: how the k + 1 estimation copies run
+      'estimation_fraction': 1.0,  # offline, online: share of train the copies train on
       'ema_decay': 0.98,  # gradient: EMA decay of G and O^2
       'every_steps': 10,  # gradient: steps between weight updates
       'estimate_every': 1,  # gradient: steps between estimates of G, O (1: every step)
@@ -162,6 +172,10 @@ class GradientBlending(Method):
     self.super_epoch = check_int('method.super_epoch', cfg['super_epoch'], 1)
     self.estimation_epochs = check_int('method.estimation_epochs', cfg['estimation_epochs'], 0)
     self.estimation = check_choice('method.estimation', cfg['estimation'], ESTIMATION_MODES)
+    self.estimation_fraction = check_float('method.estimation_fraction',
+                                           cfg['estimation_fraction'], 0.0, 1.0)
+    if self.estimation_fraction <= 0:
+      raise ValueError('method.estimation_fraction must be in (0, 1], got 0.')
     self.ema_decay = check_float('method.ema_decay', cfg['ema_decay'], 0.0, 1.0)
     if self.ema_decay >= 1:
       raise ValueError('method.ema_decay must be below 1, got 1.')
@@ -228,13 +242,87 @@ class GradientBlending(Method):
             'raise method.heldout_fraction or set method.heldout_batch_size.')
       self._heldout_iterator = data.TrainIterator(
           self.heldout, size, derive_seed(self._seed, _HELDOUT_BATCH_STREAM))
+    self._state_groups = self._model_state_groups(ctx, example)
     estimation = SingleHeadTraining({}, self.heads, self.modalities)
     estimation_step = step_lib.make_train_step(ctx.model, estimation, ctx.tx)
     eval_step = step_lib.make_eval_step(ctx.model, estimation)
-    self._estimation_step = jax.jit(estimation_step)
-    self._estimation_eval = jax.jit(eval_step)
+    self._copy_steps = [jax.jit(self._own_branch_step(ctx, estimation, i))
+                        for i in range(len(self.heads))]
+    self._copy_evals = [jax.jit(self._own_head_eval(ctx, h)) for h in self.heads]
     self._stacked_estimation_step = jax.jit(jax.vmap(estimation_step, in_axes=(0, None)))
     self._stacked_estimation_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None, None)))
+    self._chosen_estimation: str | None = None
+
+  def _model_state_groups(self, ctx: RunContext, example: Mapping[str, Any]) -> PyTree | None:
+    """``parameter_groups`` labels of the model's non-parameter collections (BatchNorm
+    statistics), or None when the model's ``parameter_groups`` cannot label them."""
+    shapes = jax.eval_shape(lambda x: ctx.model.init(jax.random.PRNGKey(0), x, train=False),
+                            example)
+    try:
+      return {c: ctx.model.parameter_groups(tree) for c, tree in shapes.items() if c != 'params'}
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+      return None
+
+  def copy_groups(self, head: str) -> frozenset[str]:
+    """The parameter groups that head ``head``'s estimation copy trains: what the head reads.
+
+    A unimodal head reads its modality's branch (``'branch/<m>'``) and its own layers; the fused
+    head reads every branch and its own layers (``'head/<fused>'``). The other heads' layers
+    (probes, in the main run) are left as they are: the copy measures head ``head`` alone.
+    """
+    branches = ({groups.label(groups.BRANCH, head)} if head in self.modalities else
+                {groups.label(groups.BRANCH, m) for m in self.modalities})
+    return frozenset(branches | {groups.label(groups.HEAD, head)})
+
+  def _own_branch_step(self, ctx: RunContext, estimation: Method, i: int) -> Callable:
+    """The train step of copy ``i`` that computes only what head ``i`` reads (``O(k)`` in all).
+
+    The same update of :func:`mmjax.step.make_train_step` for the parameters and BatchNorm
+    statistics head ``i`` reads (:meth:`copy_groups`; same dropout keys, same optimiser, loss
+    ``CE_i``), every other parameter and statistic kept as it was, so XLA drops the other
+    branches' forward and backward passes. Head ``i``'s measured values are those of the full
+    one-hot-weighted step (the probe heads' updates never reach head ``i``) up to float rounding,
+    for an element-wise optimiser (SGD, momentum, Adam, weight decay) as ``build_optimizer``'s.
+    """
+    head = self.heads[i]
+    owned = self.copy_groups(head)
+    param_mask = jax.tree.map(lambda g: g in owned, self._parameter_groups)
+    state_masks = (None if self._state_groups is None else
+                   jax.tree.map(lambda g: g in owned, self._state_groups))
+
+    def keep_owned(mask, new, old):
+      return jax.tree.map(lambda own, n, o: n if own else o, mask, new, old)
+
+    def step(state, batch):
+      dropout_rng, method_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+      kwargs = estimation.model_kwargs(state.method_state, method_rng)
+
+      def loss_fn(params):
+        outputs, model_state, _ = step_lib.forward(ctx.model, params, state.model_state,
+                                                   batch['inputs'], train=True, rng=dropout_rng,
+                                                   **kwargs)
+        return step_lib.cross_entropy(outputs[head], batch['label']).mean(), model_state
+
+      (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params, value=loss)
+      params = keep_owned(param_mask, optax.apply_updates(state.params, updates), state.params)
+      if state_masks is not None:
+        model_state = {c: keep_owned(state_masks[c], model_state[c], state.model_state[c])
+                       for c in model_state}
+      return state.replace(step=state.step + 1, params=params, model_state=model_state,
+                           opt_state=opt_state)
+
+    return step
+
+  def _own_head_eval(self, ctx: RunContext, head: str) -> Callable:
+    """An eval step returning only head ``head``'s sums (the other heads' passes are dropped)."""
+
+    def eval_step(state, batch, mask):
+      outputs, _, _ = step_lib.forward(ctx.model, state.params, state.model_state,
+                                       batch['inputs'], train=False)
+      return step_lib.eval_sums({head: outputs[head]}, batch['label'], mask)
+
+    return eval_step
 
   def initial_weights(self) -> dict[str, float]:
     """Uniform until the first estimate (which, offline and online, precedes any step)."""
@@ -438,18 +526,18 @@ class GradientBlending(Method):
       weights = {h: jnp.float32(1.0 if j == i else 0.0) for j, h in enumerate(self.heads)}
       return jax.device_put(s.replace(method_state={'weights': weights}), ctx.replicated)
 
-    if self.estimation == 'vmap':
+    if self.estimation_mode(ctx, state) == 'vmap':
       options = dict(
           stacked=True,
-          train_step=lambda s, batch: self._stacked_estimation_step(s, ctx.shard(batch))[0],
+          train_step=lambda s, batch: self._stacked_estimation_step(s, batch)[0],
           evaluate_copies=lambda s: tuple(
               jnp.stack([metric_vector(per_copy[h]) for h in self.heads])
               for per_copy in (self._evaluate_stacked(ctx, s, split) for split in splits)),
           stack=lambda copies: jax.device_put(gblend_fn.stack_copies(copies), ctx.replicated))
     else:
-      options = dict(
-          train_step=lambda s, batch: self._estimation_step(s, ctx.shard(batch))[0],
-          evaluate_copies=lambda s: evaluate(s, eval_step=self._estimation_eval))
+      options = dict(train_step=self._copy_steps, evaluate_copy=lambda s, i: tuple(
+          ctx.evaluate(s, split, eval_step=self._copy_evals[i])[f'{key}/{self.heads[i]}']
+          for split in splits))
     return gblend_fn.measure_deltas(
         state, len(self.heads), single_head_copy=single_head_copy, evaluate=evaluate,
         batches=self._estimation_batches(ctx, epoch, num_epochs), metric=self.metric,
@@ -457,16 +545,61 @@ class GradientBlending(Method):
 
   def _estimation_batches(self, ctx: RunContext, epoch: int, num_epochs: int
                           ) -> Callable[[], Any]:
-    """A function returning the estimation's batch stream afresh (the same for every copy)."""
+    """A function returning the estimation's batch stream, on the mesh, read once for all copies.
+
+    ``num_epochs`` epochs of the training split seeded by ``(seed, epoch)``, or, with
+    ``estimation_fraction < 1``, of a subset of that share of it (at least one batch) drawn
+    with the same seed: the paper's "estimation may run on a small subset of the data".
+    """
     split = ctx.dataset.splits['train']
     seed = derive_seed(self._seed, _ESTIMATION_DATA_STREAM, epoch)
+    if self.estimation_fraction < 1:
+      size = max(ctx.config.batch_size, round(self.estimation_fraction * len(split)))
+      order = np.random.default_rng(seed).permutation(len(split))
+      split = split.take(np.sort(order[:size]))
 
     def batches():
       iterator = data.TrainIterator(split, ctx.config.batch_size, seed)
       for _ in range(num_epochs * iterator.steps_per_epoch):
-        yield next(iterator)
+        yield ctx.shard(next(iterator))
 
     return batches
+
+  def estimation_mode(self, ctx: RunContext, state: Any) -> str:
+    """``'vmap'`` or ``'sequential'``: the configured mode, or for ``'auto'`` the cheaper one.
+
+    ``auto`` (the rule, measured once per run on the compiled programs, so it is the same on a
+    resumed run): ``'sequential'`` when the ``vmap``-ed step of the ``k + 1`` copies does not fit
+    in the memory the device reports (accelerators), else the mode whose compiled steps of one
+    batch cost fewer floating-point operations (XLA's cost analysis of the stacked step against
+    the sum of the per-copy steps); a tie keeps ``'vmap'`` (one program a batch).
+    """
+    if self.estimation != 'auto':
+      return self.estimation
+    if self._chosen_estimation is None:
+      self._chosen_estimation = self._cheaper_estimation(ctx, state)
+    return self._chosen_estimation
+
+  def _cheaper_estimation(self, ctx: RunContext, state: Any) -> str:
+    host = data.TrainIterator(ctx.dataset.splits['train'], ctx.config.batch_size, 0)
+    host = next(host)
+    batch = jax.tree.map(ctx.put_global, {'inputs': {m: host['inputs'][m] for m in ctx.modalities},
+                                          'label': host['label']})
+    copy = jax.device_put(state.replace(method_state={
+        'weights': {h: jnp.float32(1.0 if j == 0 else 0.0) for j, h in enumerate(self.heads)}}),
+        ctx.replicated)
+    stacked = jax.device_put(gblend_fn.stack_copies([copy] * len(self.heads)), ctx.replicated)
+    vmapped = self._stacked_estimation_step.lower(stacked, batch).compile()
+    limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
+    if limit:
+      memory = vmapped.memory_analysis()
+      need = sum(getattr(memory, f'{k}_size_in_bytes', 0) for k in
+                 ('argument', 'output', 'temp', 'generated_code'))
+      if need > limit:
+        return 'sequential'
+    vmap_flops = _flops(vmapped)
+    sequential_flops = sum(_flops(s.lower(copy, batch).compile()) for s in self._copy_steps)
+    return 'sequential' if sequential_flops < vmap_flops else 'vmap'
 
   def _evaluate_stacked(self, ctx: RunContext, stacked: Any, split: data.Split
                         ) -> dict[str, dict[str, float]]:
@@ -483,3 +616,11 @@ class GradientBlending(Method):
     ratio = ogr.overfitting_to_generalization_ratio(delta_g, delta_o, self.min_delta_o)
     return {'weights': self._per_head(weights), 'delta_g': self._per_head(delta_g),
             'delta_o': self._per_head(delta_o), 'ogr': self._per_head(ratio)}
+
+
+def _flops(compiled: Any) -> float:
+  """XLA's estimate of the floating-point operations of a compiled program."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))
