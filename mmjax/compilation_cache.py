@@ -5,7 +5,8 @@ the next run with the same model, shapes, JAX version and device, so a repeated 
 compilation. The folder is chosen by the environment variable ``MMJAX_COMPILATION_CACHE``:
 
 - unset: ``$XDG_CACHE_HOME/mmjax/jax``, or ``~/.cache/mmjax/jax`` when ``XDG_CACHE_HOME`` is
-  unset;
+  unset (if that folder cannot be created or written, a warning, and the run goes on without a
+  persistent cache);
 - a path: that folder (created when missing; ``~`` is expanded);
 - ``off`` (or ``0``, ``false``, ``no``, ``none``, or empty): no persistent cache.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 
 import jax
+from absl import logging
 
 from mmjax.errors import UserError
 
@@ -54,8 +56,11 @@ def enable() -> str | None:
   """Turns JAX's persistent compilation cache on in :func:`cache_dir`; returns the folder in
   use (None when off). Call it before the first compilation; later calls change nothing.
 
+  The default folder (:data:`ENV` unset) that cannot be created or written gives a warning and
+  no cache; a folder the user named gives an error.
+
   Raises:
-    UserError: the folder cannot be created, naming it and :data:`ENV`.
+    UserError: a folder named by :data:`ENV` cannot be created or written, naming it and :data:`ENV`.
   """
   configured = jax.config.jax_compilation_cache_dir
   if configured:
@@ -63,13 +68,21 @@ def enable() -> str | None:
   path = cache_dir()
   if path is None:
     return None
+  problem = None
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise UserError(f'{_named()}: the compilation cache folder {path!r} cannot be created '
-                    f'({e.strerror or e}); set {ENV} to a writable folder, or to off.') from e
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise UserError(f'{_named()}: the compilation cache folder {path!r} is not writable; set '
+    problem = f'cannot be created ({e.strerror or e})'
+  if problem is None and not os.access(path, os.W_OK | os.X_OK):
+    problem = 'is not writable'
+  if problem is not None:
+    if os.environ.get(ENV) is None:
+      # The default folder (e.g. under a read-only home): the run goes on, compiling as before.
+      logging.warning('the compilation cache folder %r %s; running without a persistent '
+                      'compilation cache (set %s to a writable folder, or to off).',
+                      path, problem, ENV)
+      return None
+    raise UserError(f'{_named()}: the compilation cache folder {path!r} {problem}; set '
                     f'{ENV} to a writable folder, or to off.')
   jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_SECONDS)
   jax.config.update('jax_compilation_cache_dir', path)

@@ -59,6 +59,17 @@ def test_a_folder_that_cannot_be_made_is_one_clear_error(monkeypatch, tmp_path,
   assert jax.config.jax_compilation_cache_dir is None
 
 
+def test_an_unusable_default_folder_is_a_warning_and_no_cache(monkeypatch, tmp_path,
+                                                              no_cache_configured):
+  del no_cache_configured
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  monkeypatch.delenv(ENV, raising=False)
+  monkeypatch.setenv('XDG_CACHE_HOME', str(blocker))  # the default folder lies under a file
+  assert compilation_cache.enable() is None
+  assert jax.config.jax_compilation_cache_dir is None
+
+
 def test_off_and_a_folder_set_through_jax_leave_jax_alone(monkeypatch, tmp_path,
                                                           no_cache_configured):
   del no_cache_configured
