@@ -192,14 +192,18 @@ def num_epochs_can_grow(config: Mapping[str, Any]) -> bool:
 
 #: Keys added to the config after runs were started, with the value a ``config.json`` that lacks
 #: them meant: such a run resumes with the key at that value.
-ADDED_KEYS = {('model', 'dtype'): 'float32'}
+ADDED_KEYS = {('model', 'dtype'): 'float32', ('evals',): {}}
 
 
 def _with_added_keys(old: Mapping[str, Any]) -> dict[str, Any]:
+  """``old`` with every key of :data:`ADDED_KEYS` it lacks set to the value it meant."""
   old = json.loads(json.dumps(old))
-  for (section, key), value in ADDED_KEYS.items():
-    if isinstance(old.get(section), dict) and key not in old[section]:
-      old[section][key] = value
+  for path, value in ADDED_KEYS.items():
+    parent = old
+    for section in path[:-1]:
+      parent = parent.get(section) if isinstance(parent, dict) else None
+    if isinstance(parent, dict) and path[-1] not in parent:
+      parent[path[-1]] = json.loads(json.dumps(value))
   return old
 
 

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from configs import cgmnist, synthetic, ucimf
+from conftest import tiny_synthetic_config
 from mmjax import config_lib, optim
 
 
@@ -204,3 +205,13 @@ def test_adamw_and_weight_decay():
 def test_optimizer_errors(change, match):
   with pytest.raises(ValueError, match=match):
     optim.build_optimizer(dict(optim.DEFAULTS, **change), 10, 2)
+
+
+def test_a_run_from_before_config_evals_resumes_with_no_evaluators():
+  old = config_lib.to_dict(tiny_synthetic_config())
+  del old['evals']  # config.json of a run started before the key existed
+  assert config_lib.resume_changes(old, config_lib.to_dict(tiny_synthetic_config())) == []
+  with_evaluator = tiny_synthetic_config()
+  with_evaluator.evals = {'utilization': {}}
+  with pytest.raises(config_lib.UserError, match=r'evals\.utilization'):
+    config_lib.resume_changes(old, config_lib.to_dict(with_evaluator))
