@@ -17,35 +17,20 @@ Prints ms/step and the ratio of each to `off` and to `plain`, and XLA's FLOP cou
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 
 import jax
 
-from timing import compare_train_steps
+from timing import compare_train_steps, step_cost_arguments
 from mmjax.methods import greedy  # pylint: disable=wrong-import-order
 
 
-def _config(module, arg: str, encoder: str):
-  config = module.get_config(f'{arg},encoder={encoder}' if encoder else arg)
-  config.progress_bar = False
-  return config
-
-
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default='cgmnist', help='cgmnist, ucimf or synthetic')
-  parser.add_argument('--encoder', default='cnn', help='cgmnist only: cnn, mlp or resnet18')
-  parser.add_argument('--steps', type=int, default=20)
-  parser.add_argument('--rounds', type=int, default=3)
-  args = parser.parse_args()
-  module = importlib.import_module(f'configs.{args.config}')
-  encoder = args.encoder if args.config == 'cgmnist' else ''
+  args, config_for = step_cost_arguments(__doc__.split('\n')[0])
   configs = {
-      'plain': _config(module, 'method=fixed', encoder),
-      'off': _config(module, 'method=greedy,mode=off', encoder),
-      'guided': _config(module, 'method=greedy,mode=guided', encoder),
+      'plain': config_for('method=fixed'),
+      'off': config_for('method=greedy,mode=off'),
+      'guided': config_for('method=greedy,mode=guided'),
   }
   plain = configs['plain']
   greedy.BalancedMultimodalLearning.adjust_config(plain)  # the same MMTM model
@@ -53,7 +38,7 @@ def main() -> None:
   results = compare_train_steps(configs, steps=args.steps, rounds=args.rounds)
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s): '
         f'{jax.devices()[0].device_kind}; {args.config}'
-        f"{' encoder=' + encoder if encoder else ''}, batch {plain.batch_size}")
+        f"{' encoder=' + args.encoder if args.encoder else ''}, batch {plain.batch_size}")
   print(f'load average {os.getloadavg()[0]:.1f} at the end')
   print(f"{'method':<8}{'compile s':>11}{'ms/step':>10}{'x off':>8}{'x plain':>9}{'MFLOP':>10}"
         f"{'FLOP x plain':>14}")

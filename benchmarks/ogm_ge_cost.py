@@ -15,40 +15,25 @@ Prints ms/step and the ratio of each to `vanilla`.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 
 import jax
 
-from timing import compare_train_steps
-
-
-def _config(module, arg: str, encoder: str):
-  config = module.get_config(f'{arg},encoder={encoder}' if encoder else arg)
-  config.progress_bar = False
-  return config
+from timing import compare_train_steps, step_cost_arguments
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default='cgmnist', help='cgmnist, ucimf or synthetic')
-  parser.add_argument('--encoder', default='cnn', help='cgmnist only: cnn, mlp or resnet18')
-  parser.add_argument('--steps', type=int, default=20)
-  parser.add_argument('--rounds', type=int, default=3)
-  args = parser.parse_args()
-  module = importlib.import_module(f'configs.{args.config}')
-  encoder = args.encoder if args.config == 'cgmnist' else ''
+  args, config_for = step_cost_arguments(__doc__.split('\n')[0])
   configs = {
-      'vanilla': _config(module, 'method=vanilla', encoder),
-      'ogm': _config(module, 'method=ogm_ge,noise=none', encoder),
-      'ogm_ge': _config(module, 'method=ogm_ge', encoder),
-      'ogm_ge_diag': _config(module, 'method=ogm_ge,noise=sgd_diagonal', encoder),
+      'vanilla': config_for('method=vanilla'),
+      'ogm': config_for('method=ogm_ge,noise=none'),
+      'ogm_ge': config_for('method=ogm_ge'),
+      'ogm_ge_diag': config_for('method=ogm_ge,noise=sgd_diagonal'),
   }
   results = compare_train_steps(configs, steps=args.steps, rounds=args.rounds)
   vanilla = configs['vanilla']
   print(f'backend {jax.default_backend()}, {jax.device_count()} device(s): '
         f'{jax.devices()[0].device_kind}; {args.config}'
-        f"{' encoder=' + encoder if encoder else ''}, batch {vanilla.batch_size}")
+        f"{' encoder=' + args.encoder if args.encoder else ''}, batch {vanilla.batch_size}")
   print(f"{'method':<12}{'compile s':>11}{'ms/step':>10}{'x vanilla':>11}")
   for name, r in results.items():
     print(f"{name:<12}{r['compile_s']:>11.2f}{r['step_ms']:>10.2f}"

@@ -7,6 +7,8 @@ round, so a burst of load elsewhere hits all of them alike.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import sys
 import time
@@ -66,3 +68,25 @@ def compare_train_steps(configs: Mapping[str, Any], steps: int = 20, rounds: int
 def time_train_step(config: Any, steps: int = 20, warmup: int = 3) -> dict[str, float]:
   """Compile time and steady-state throughput of one config's compiled train step."""
   return compare_train_steps({'run': config}, steps=steps, rounds=1, warmup=warmup)['run']
+
+
+def step_cost_arguments(description: str) -> tuple[argparse.Namespace, Callable[[str], Any]]:
+  """The command line of a step-cost script (``--config``, ``--encoder``, ``--steps``,
+  ``--rounds``) and a function ``arg -> config`` of the chosen config file, without progress
+  bar, with ``--encoder`` on cgmnist (``args.encoder`` is '' for the other configs)."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--config', default='cgmnist', help='cgmnist, ucimf or synthetic')
+  parser.add_argument('--encoder', default='cnn', help='cgmnist only: cnn, mlp or resnet18')
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--rounds', type=int, default=3)
+  args = parser.parse_args()
+  module = importlib.import_module(f'configs.{args.config}')
+  if args.config != 'cgmnist':
+    args.encoder = ''
+
+  def config_for(arg: str) -> Any:
+    config = module.get_config(f'{arg},encoder={args.encoder}' if args.encoder else arg)
+    config.progress_bar = False
+    return config
+
+  return args, config_for

@@ -145,6 +145,11 @@ def to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
   return json.loads(json.dumps(plain, sort_keys=True))
 
 
+def to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+  """The text of a run's ``config.json``: :func:`to_dict` of ``config``, indented, keys sorted."""
+  return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ''
                  ) -> list[tuple[str, Any, Any]]:
   """``(dotted key, old value, new value)`` for every leaf that differs (``'<missing>'`` if absent)."""

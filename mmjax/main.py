@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging as logging_std
 import re
 import sys
@@ -282,7 +281,7 @@ def resolved_config_json(config: ml_collections.ConfigDict) -> str:
     raise
   except ValueError as e:
     raise UserError(str(e)) from e
-  return json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True)
+  return config_lib.to_json(config)
 
 
 def main(argv: Sequence[str] | None = None, *, usage: str = USAGE) -> int:

@@ -116,13 +116,12 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     if not accepted:
       return
     logging.warning('resuming %s with changed settings: %s', workdir, '; '.join(accepted))
-  resolved = config_lib.to_dict(config)
   path = os.path.join(workdir, CONFIG_FILE)
   tmp = path + '.tmp'
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(resolved, f, indent=2, sort_keys=True)
+      f.write(config_lib.to_json(config))
     os.replace(tmp, path)
   except OSError as e:
     raise UserError(f'cannot write {e.filename or path}: {e.strerror or e}.') from e
