@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mmjax import config_lib, data, models, train
-from mmjax.models.resnet import ImageNetStem, ResNet18Frames, ResNet18Spectrogram
+from mmjax.models.resnet import ImageNetStem, ResNet18Frames, ResNet18Image, ResNet18Spectrogram
 
 
 def key(seed: int) -> jax.Array:
@@ -59,11 +59,39 @@ def test_frames_224_are_7x7_maps_per_frame_then_512_features():
   assert embedding == (2, 512)
 
 
+def test_image_224_is_a_7x7_map_as_wu_et_al_modelnet40_branches():
+  shapes, embedding = stage_shapes(ResNet18Image(), (2, 224, 224, 3))
+  assert shapes[0] == (2, 56, 56, 64) and shapes[-1] == (2, 7, 7, 512)
+  assert embedding == (2, 512)
+
+
+def test_frames_of_one_frame_are_the_image_encoder():
+  """resnet18_frames on [B, 1, H, W, 3] is resnet18_image on [B, H, W, 3] with the same
+  weights, in training (BatchNorm's batch statistics and their update) and in evaluation."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 32, 32, 3)), jnp.float32)
+  image, frames = ResNet18Image(width=4), ResNet18Frames(width=4)
+  variables = image.init(key(3), x, train=False)
+  per_frame = {c: {s: {'stage': t} for s, t in tree.items()} for c, tree in variables.items()}
+  assert jax.tree.structure(per_frame) == jax.tree.structure(
+      abstract_variables(frames, (2, 1, 32, 32, 3)))
+  for train_mode in (True, False):
+    out, stats = image.apply(variables, x, train=train_mode, mutable=['batch_stats'])
+    frames_out, frames_stats = frames.apply(per_frame, x[:, None], train=train_mode,
+                                            mutable=['batch_stats'])
+    np.testing.assert_allclose(frames_out, out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(frames_stats['batch_stats']['stages_4']['stage']['BasicBlock_1']
+                               ['BatchNorm_1']['var'],
+                               stats['batch_stats']['stages_4']['BasicBlock_1']['BatchNorm_1']['var'],
+                               rtol=1e-5)
+
+
 def test_wrong_input_ranks_are_one_clear_error():
   with pytest.raises(ValueError, match=r'resnet18_spectrogram takes .*\(2, 8, 8, 3\)'):
     abstract_variables(ResNet18Spectrogram(width=2), (2, 8, 8, 3))
   with pytest.raises(ValueError, match=r'resnet18_frames takes .*\(2, 8, 8, 3\)'):
     abstract_variables(ResNet18Frames(width=2), (2, 8, 8, 3))
+  with pytest.raises(ValueError, match=r'resnet18_image takes .*\(2, 1, 8, 8, 3\)'):
+    abstract_variables(ResNet18Image(width=2), (2, 1, 8, 8, 3))
 
 
 def resnet18_parameters_by_hand(in_channels: int, width: int = 64) -> int:
@@ -96,6 +124,7 @@ def test_parameter_count_is_torchvision_resnet18_without_fc():
   assert resnet18_parameters_by_hand(3) == 11_689_512 - (512 * 1000 + 1000) == 11_176_512
   frames = abstract_variables(ResNet18Frames(), (1, 1, 64, 64, 3))
   assert count(frames['params']) == 11_176_512
+  assert count(abstract_variables(ResNet18Image(), (1, 64, 64, 3))['params']) == 11_176_512
   # One input channel: conv1 has 7*7*(3-1)*64 = 6,272 weights fewer.
   spectrogram = abstract_variables(ResNet18Spectrogram(), (1, 64, 64))
   assert count(spectrogram['params']) == resnet18_parameters_by_hand(1) == 11_176_512 - 6_272
@@ -188,6 +217,7 @@ def test_frames_embedding_is_the_mean_of_per_frame_embeddings():
 def test_registered_as_built_ins_with_their_options():
   assert models.ENCODERS['resnet18_spectrogram'] is ResNet18Spectrogram
   assert models.ENCODERS['resnet18_frames'] is ResNet18Frames
+  assert models.ENCODERS['resnet18_image'] is ResNet18Image
   assert models.encoder_config('resnet18_frames') == {
       'name': 'resnet18_frames', 'width': 64, 'features': None}
   assert models.build_encoder({'name': 'resnet18_spectrogram', 'width': 8}).stage_channels == (
