@@ -94,6 +94,15 @@ def test_wrong_input_ranks_are_one_clear_error():
     abstract_variables(ResNet18Image(width=2), (2, 1, 8, 8, 3))
 
 
+@pytest.mark.parametrize('option,value', [('width', 0), ('width', True), ('features', 0),
+                                          ('features', 2.5)])
+def test_bad_width_or_features_is_one_clear_error(option, value):
+  for name in ('resnet18_spectrogram', 'resnet18_image', 'resnet18_frames'):
+    with pytest.raises(ValueError, match=f'model.encoders.a: {option} = {value!r} must be'):
+      models.build_model({'name': 'late_fusion', 'encoders': {
+          'a': {'name': name, option: value}, 'b': {'name': 'mlp'}}}, ('a', 'b'), 3)
+
+
 def resnet18_parameters_by_hand(in_channels: int, width: int = 64) -> int:
   """torchvision's ResNet-18 without ``fc``, layer by layer: bias-free convs, BatchNorm's
   weight and bias (its running statistics are buffers, not parameters)."""

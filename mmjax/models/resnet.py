@@ -155,12 +155,16 @@ class _ImageNetResNet18(StagedEncoder):
     """The stages this encoder runs: :meth:`image_stages` as they are."""
     return self.image_stages()
 
-  def setup(self):
-    if not (isinstance(self.width, int) and self.width > 0):
+  def __post_init__(self):
+    if isinstance(self.width, bool) or not (isinstance(self.width, int) and self.width > 0):
       raise ValueError(f'width = {self.width!r} must be a positive integer (64 in the papers).')
-    if self.features is not None and not (isinstance(self.features, int) and self.features > 0):
+    if self.features is not None and (isinstance(self.features, bool) or not (
+        isinstance(self.features, int) and self.features > 0)):
       raise ValueError(f'features = {self.features!r} must be None (no Dense after the pool, as '
-                       'the literature) or a positive integer.')
+                       'in the literature) or a positive integer.')
+    super().__post_init__()
+
+  def setup(self):
     self.stages = self.build_stages()
     if self.features is not None:
       self.head = nn.Dense(self.features, kernel_init=_dense_init,
