@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, assert_resume_is_bit_identical, tiny_synthetic_config
 from mmjax import main, metrics, train
 from mmjax.methods import METHODS, agm
+from test_user_model import SumOfHeads
 
 
 def test_registered():
@@ -240,3 +241,14 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
   lines = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(lines) == 1 and 'method.alpha' in lines[0], lines
   assert not workdir.exists()
+
+
+def test_a_users_whole_model_trains_with_agm():
+  """AGM needs only the fused logits of masked inputs: a model written from scratch (no
+  ``encoders``, fused head the sum of two heads) trains, every head through the AGM loss."""
+  trainer = train.Trainer(_sgd_config(grad_clip=0.0), model=SumOfHeads())
+  state = trainer.init_state()
+  new_state, step_metrics = trainer.jit_train_step(state, trainer.next_batch())
+  assert np.isfinite(float(step_metrics['agm/coefficient/a']))
+  for top in ('encoder_a', 'encoder_b', 'head_a', 'head_b'):
+    assert not np.allclose(new_state.params[top]['kernel'], state.params[top]['kernel'])
