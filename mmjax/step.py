@@ -86,11 +86,10 @@ def make_train_step(model: nn.Module, method: Method, tx: optax.GradientTransfor
       loss = method.objective(losses, state.method_state)
       return loss, (outputs, losses, model_state, intermediates)
 
-    (_, (outputs, losses, model_state, intermediates)), grads = method.gradients(
-        loss_fn, state.params, batch, state.method_state)
+    (_, (outputs, losses, model_state, intermediates)), grads, params, opt_state = (
+        method.optimizer_update(tx, loss_fn, state.params, state.opt_state, batch,
+                                state.method_state, state.step))
     objective = blended_loss(losses, state.method_state['weights'])
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=objective)
-    params = optax.apply_updates(state.params, updates)
     method_state, method_metrics = method.update_state(
         state.method_state,
         StepInfo(step=state.step, params=state.params, new_params=params, grads=grads,

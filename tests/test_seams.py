@@ -112,7 +112,7 @@ def test_run_context_holds_exactly_what_host_hooks_may_use():
 
 def test_method_interface_is_two_visible_parts():
   step_pieces = {'initial_weights', 'init_state', 'model_kwargs', 'eval_model_kwargs', 'objective',
-                 'gradients', 'update_state'}
+                 'gradients', 'optimizer_update', 'update_state'}
   host_hooks = {'adjust_config', 'model_modalities', 'reads_num_epochs', 'prepare_data',
                 'selection_head', 'setup', 'extend_batch', 'on_epoch_start',
                 'on_resume_within_epoch', 'state_metrics'}

@@ -3,7 +3,8 @@
 
 - :class:`StepPieces` run inside the one compiled train step: the method's state, the keyword
   arguments it passes to the model, the objective it builds from the per-head losses, how it
-  computes gradients, how it updates its own state. They see arrays only.
+  computes gradients, how it applies them (one optimiser update unless the method says
+  otherwise), how it updates its own state. They see arrays only.
 - :class:`HostHooks` run on the host: config and data set-up, and work between epochs
   (G-Blend's weight estimation), which may call compiled functions. They see the run's
   :class:`~mmjax.context.RunContext`, never the trainer. Evaluations beyond loss and accuracy
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 if TYPE_CHECKING:
   from mmjax.context import RunContext
@@ -118,6 +120,18 @@ class StepPieces:
     """
     del method_state
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+
+  def optimizer_update(self, tx: optax.GradientTransformation, loss_fn: Callable, params: PyTree,
+                       opt_state: PyTree, batch: Mapping[str, Any], method_state: PyTree,
+                       step: Array) -> tuple[tuple[Array, Any], PyTree, PyTree, PyTree]:
+    """``((loss, aux), grads, new_params, new_opt_state)``: :meth:`gradients`, then one update
+    of ``tx`` with ``value=`` the blended loss. A method that updates several times per batch
+    (MLA's alternating uni-modal updates) overrides this; ``step`` is the train step's count."""
+    del step
+    (loss, aux), grads = self.gradients(loss_fn, params, batch, method_state)
+    objective = blended_loss(aux[1], method_state['weights'])
+    updates, opt_state = tx.update(grads, opt_state, params, value=objective)
+    return (loss, aux), grads, optax.apply_updates(params, updates), opt_state
 
   def update_state(self, method_state: PyTree, info: StepInfo) -> tuple[PyTree, dict[str, Array]]:
     """The method's new state and per-step metrics (averaged over each epoch when logged)."""

@@ -23,6 +23,7 @@ from mmjax.models.encoders import ENCODERS, MLPEncoder, ResNet18, SmallCNN, Stag
 from mmjax.models.late_fusion import (DTYPES, FUSED, FUSIONS, LateFusionClassifier, check_dtype,
                                       scale_gradient, with_compute_dtype)
 from mmjax.models.mmtm import MMTMClassifier, default_mmtm_stages
+from mmjax.models.shared_head import SharedHeadClassifier
 from mmjax.models.registry import (OBJECT, build_encoder, check_features_encoder,
                                    check_staged_encoder, describe, encoder_args, encoder_config,
                                    encoder_sections, module_options, register_encoder)
@@ -93,11 +94,29 @@ def _build_mmtm(config: Mapping[str, Any], modalities: Sequence[str], num_classe
                         mmtm_ratio=config.get('mmtm_ratio', 4), dtype=dtype)
 
 
+def _build_shared_head(config: Mapping[str, Any], modalities: Sequence[str], num_classes: int,
+                       objects: Mapping[str, nn.Module]) -> SharedHeadClassifier:
+  options = ('encoders', 'fusion', 'dtype')
+  for key in config:
+    if key != 'name' and key not in options:
+      raise ValueError(
+          f"model.{key} is not an option of model 'shared_head'; its options are {list(options)}.")
+  dtype = config.get('dtype', 'float32')
+  check_dtype(dtype)
+  encoders = with_compute_dtype(build_encoders(config.get('encoders', {}), modalities, objects),
+                                dtype)
+  for m, encoder in encoders.items():
+    check_features_encoder(m, encoder)
+  return SharedHeadClassifier(encoders=encoders, num_classes=num_classes,
+                              fusion=config.get('fusion', 'entropy'), dtype=dtype)
+
+
 #: ``model.name`` -> builder ``(model_config, modalities, num_classes, encoder_objects) -> module``.
 MODELS: dict[str, Callable[[Mapping[str, Any], Sequence[str], int, Mapping[str, nn.Module]],
                            nn.Module]] = {
     'late_fusion': _build_late_fusion,
     'mmtm': _build_mmtm,
+    'shared_head': _build_shared_head,
 }
 
 
@@ -225,7 +244,8 @@ def init_variables(model: nn.Module, rng: jax.Array, example_inputs: Mapping[str
 
 __all__ = [
     'DTYPES', 'ENCODERS', 'FUSED', 'FUSIONS', 'MODELS', 'OBJECT', 'LateFusionClassifier', 'MLPEncoder',
-    'MMTMClassifier', 'ResNet18', 'ResNet18Frames', 'ResNet18Image', 'ResNet18Spectrogram', 'SmallCNN', 'StagedEncoder', 'build_encoder', 'build_encoders',
+    'MMTMClassifier', 'ResNet18', 'ResNet18Frames', 'ResNet18Image', 'ResNet18Spectrogram',
+    'SharedHeadClassifier', 'SmallCNN', 'StagedEncoder', 'build_encoder', 'build_encoders',
     'build_model', 'check_features_encoder', 'check_model', 'check_parameter_groups',
     'check_staged_encoder', 'config_with_objects', 'describe', 'encoder_args', 'encoder_config',
     'encoder_sections', 'init_variables', 'module_options', 'register_encoder', 'scale_gradient',
