@@ -154,7 +154,8 @@ def test_step_adds_the_prototype_terms_to_vanillas_gradient(model):
                                       capture_intermediates=lambda mdl, name: name == 'embed')
     return captured['intermediates'][f'encoders_{m}']['embed'][0]
 
-  distances = {m: np.sqrt(((np.asarray(features_of(state.params, m), np.float64)[:, None, :]
+  distances = {m: np.sqrt(((np.asarray(jax.jit(features_of, static_argnums=1)(state.params, m),
+                                       np.float64)[:, None, :]
                             - prototypes[m][None]) ** 2).sum(-1)) for m in ('a', 'b')}
   scores = {m: _softmax(-d)[rows, labels].sum() for m, d in distances.items()}
   lead, slow = ('a', 'b') if scores['a'] > scores['b'] else ('b', 'a')
@@ -171,7 +172,7 @@ def test_step_adds_the_prototype_terms_to_vanillas_gradient(model):
     entropy = -(jnp.exp(log_p_lead) * log_p_lead).sum(-1).mean()
     return 2.0 * beta * pce - 0.5 * beta * entropy
 
-  expected = jax.grad(extra)(state.params)
+  expected = jax.jit(jax.grad(extra))(state.params)
   new_pmr, step_metrics = trainer.jit_train_step(state, batch)
   if model == 'late_fusion':
     new_vanilla, _ = vanilla.jit_train_step(vanilla.init_state(), batch)
@@ -182,7 +183,7 @@ def test_step_adds_the_prototype_terms_to_vanillas_gradient(model):
       log_p = jax.nn.log_softmax(outputs['fused'])
       return -log_p[rows, labels].mean()
     new_vanilla = state.replace(params=jax.tree.map(lambda p, g: p - g, state.params,
-                                                    jax.grad(fused_loss)(state.params)))
+                                                    jax.jit(jax.grad(fused_loss))(state.params)))
   assert float(step_metrics[f'pmr/coefficient/{slow}']) == pytest.approx(beta, rel=1e-4)
   assert float(step_metrics[f'pmr/coefficient/{lead}']) == 0.0
   assert float(step_metrics[f'pmr/score/{lead}']) == pytest.approx(scores[lead], rel=1e-4)
