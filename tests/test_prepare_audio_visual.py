@@ -3,6 +3,7 @@
 them corrupt, `mmjax prepare` through the CLI, the records read back, a smoke run through the
 CLI on the prepared folder."""
 
+import importlib
 import json
 import os
 
@@ -102,8 +103,26 @@ def test_crema_d_prepare_then_train(tmp_path, crema_d_raw, capsys):
   np.testing.assert_array_equal(first['audio'], audio.ogm_log_spectrogram(samples))
 
   workdir = tmp_path / 'run'
-  assert _train('crema_d.py', out, workdir) == 0
+  assert _train('crema_d.py', out, workdir, ',encoder=mlp') == 0
   assert _test_accuracy_logged(workdir)
+
+
+@pytest.mark.parametrize('config_file', ['crema_d', 'ave', 'kinetics_sounds'])
+@pytest.mark.parametrize('method', ['vanilla', 'uniform', 'fixed', 'unimodal', 'gblend', 'greedy',
+                                    'ogm_ge'])
+def test_every_method_configures_with_the_literature_recipe(config_file, method):
+  module = importlib.import_module(f'configs.{config_file}')
+  config = module.get_config(f'method={method}')
+  assert config.data.name == config_file and config.data.module == f'mmjax.prepare.{config_file}'
+  assert dict(config.optimizer) == dict(config.optimizer, name='sgd', learning_rate=1e-3,
+                                        momentum=0.9, weight_decay=1e-4, schedule='step',
+                                        step_epochs=(70,), step_factor=0.1)
+  assert (config.batch_size, config.num_epochs) == (64, 100)
+  encoders = config.model.encoders
+  assert (encoders.audio.name, encoders.visual.name) == ('resnet18_spectrogram', 'resnet18_frames')
+  assert encoders.audio.width == encoders.visual.width == 64
+  smoke = module.get_config(f'method={method},smoke')
+  assert smoke.model.encoders.audio.width == 4 and smoke.num_epochs == 2
 
 
 def test_crema_d_data_set_carves_val_from_train_and_reads_frames(tmp_path, crema_d_raw):
