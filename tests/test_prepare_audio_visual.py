@@ -142,7 +142,7 @@ def test_crema_d_data_set_carves_val_from_train_and_reads_frames(tmp_path, crema
 
 
 def test_crema_d_speaker_split_is_tfds_and_disjoint():
-  from tensorflow_datasets.audio import crema_d as tfds_crema_d  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.audio import crema_d as tfds_crema_d
   speakers = [str(s) for s in range(1001, 1092)]
   expected = tfds_crema_d._get_inter_splits_by_group(  # pylint: disable=protected-access
       [(s, s) for s in speakers], [('train', 0.7), ('validation', 0.1), ('test', 0.2)], 0)
