@@ -31,7 +31,6 @@ import math
 
 import av
 import numpy as np
-import scipy.signal
 
 #: AudioSet's fbank mean and standard deviation used by OGM-GE's Kinetics-Sounds script (AST).
 AST_FBANK_MEAN = -4.503877
@@ -85,6 +84,7 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
   """``samples`` at ``rate`` Hz resampled to ``target_rate`` Hz with ``resample_poly`` (float32)."""
   if rate == target_rate:
     return samples.astype(np.float32)
+  import scipy.signal  # pylint: disable=import-outside-toplevel  (1 s to import; decoding only)
   divisor = math.gcd(int(rate), int(target_rate))
   return scipy.signal.resample_poly(samples, target_rate // divisor, rate // divisor
                                     ).astype(np.float32)
@@ -110,7 +110,7 @@ def stft_magnitude(samples: np.ndarray, n_fft: int, hop_length: int) -> np.ndarr
   """
   padded = np.pad(np.asarray(samples, np.float64), n_fft // 2, mode='reflect')
   frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
-  window = scipy.signal.get_window('hann', n_fft, fftbins=True)
+  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
   return np.abs(np.fft.rfft(frames * window, axis=1)).T.astype(np.float32)
 
 
@@ -140,6 +140,7 @@ def pmr_spectrogram(samples: np.ndarray, sample_rate: int = 16000, seconds: int 
   Returns:
     float32 ``[257, (sample_rate * seconds - 512) // 159 + 1]``: 257 x 1004 by default.
   """
+  import scipy.signal  # pylint: disable=import-outside-toplevel  (1 s to import; decoding only)
   clip = tile_to_length(samples, 10, sample_rate * seconds)
   _, _, power = scipy.signal.spectrogram(clip, sample_rate, nperseg=512, noverlap=353)
   log_power = np.log(np.abs(power) + 1e-7)
