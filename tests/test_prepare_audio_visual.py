@@ -12,6 +12,7 @@ import pytest
 import scipy.io.wavfile
 
 from conftest import ROOT
+import mmjax.data
 from mmjax import cli, prepare
 from mmjax.prepare import audio, ave, crema_d, kinetics_sounds
 from test_audio_video import COLOURS, _tone, write_video
@@ -139,6 +140,25 @@ def test_crema_d_data_set_carves_val_from_train_and_reads_frames(tmp_path, crema
     expected = (COLOURS[[(label + s) % 4 for s in range(2)]] / 255.0 - [0.485, 0.456, 0.406]) / [
         0.229, 0.224, 0.225]
     np.testing.assert_allclose(batch['inputs']['visual'][row, :, 3, 3], expected, atol=0.25)
+
+
+def test_crema_d_augmentation_in_grain_workers_is_the_in_process_one(tmp_path, crema_d_raw):
+  """The frame choice, resize, crop and flip run in Grain worker processes (the functions travel
+  to them) and give the batches an in-process read gives."""
+  raw, _, _ = crema_d_raw
+  out = tmp_path / 'crema_d'
+  assert _prepare(raw, out, 'crema_d', 'frame_size=8') == 0
+  batches = {}
+  for workers in (0, 1):
+    dataset = crema_d.build(0, str(out), num_frames=1, frame_selection='first', image_size=8,
+                            val_fraction=0.1, worker_count=workers)
+    iterator = mmjax.data.TrainIterator(dataset.splits['train'], 4, 0)
+    batches[workers] = [next(iterator) for _ in range(2)]
+  for in_process, in_worker in zip(batches[0], batches[1]):
+    for modality in ('audio', 'visual'):
+      np.testing.assert_array_equal(in_process['inputs'][modality], in_worker['inputs'][modality])
+  visual = batches[0][0]['inputs']['visual']
+  assert visual.shape == (4, 1, 8, 8, 3) and visual.std() > 0.1
 
 
 def test_crema_d_speaker_split_is_tfds_and_disjoint():
