@@ -194,6 +194,20 @@ def test_crema_d_wrong_layout_and_option_are_one_line(tmp_path, capsys):
   assert not out.exists() or not os.listdir(out)
 
 
+@pytest.mark.parametrize('path, flags, message', [
+    ('', (), 'data.path is empty; set it to a folder made by `mmjax prepare crema_d'),
+    ('/nonexistent', (), "data.path='/nonexistent' is not a finished prepared folder"),
+    ('', ('--config.data.frame_selection=random',), "data.frame_selection must be one of"),
+    ('', ('--config.data.num_frames=0',), 'data.num_frames must be an integer >= 1'),
+])
+def test_crema_d_config_mistakes_are_one_line(tmp_path, capsys, path, flags, message):
+  workdir = tmp_path / 'run'
+  assert _train('crema_d.py', path, workdir, '', *flags) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], lines
+  assert not workdir.exists()
+
+
 def _write_ave_clip(path, colour_of_second):
   """A 4-s 5-fps MP4 (H.264 + AAC) whose second s is ``colour_of_second(s)``."""
   write_video(str(path), 'h264', 5, 20, lambda i: COLOURS[colour_of_second(i // 5)], size=(16, 12),
