@@ -69,14 +69,10 @@ def clip_splits(split: str) -> dict[str, str]:
   return {clip: speakers[clip.split('_')[0]] for clip in ogm}
 
 
-def missing_files(example: core.Example) -> list[str]:
-  """The files of ``example`` that do not exist."""
-  return [f for f in example.files if not os.path.isfile(f)]
-
-
 def check_present(example: core.Example) -> None:
-  """A ``FileNotFoundError`` naming the missing raw files of ``example``, if any."""
-  missing = missing_files(example)
+  """A ``FileNotFoundError`` naming the missing raw files of ``example``, if any (a clip of the
+  split lists that the raw folder lacks is reported as a failure, never silently dropped)."""
+  missing = [f for f in example.files if not os.path.isfile(f)]
   if missing:
     raise FileNotFoundError(f'not in the raw folder: {", ".join(missing)}')
 
@@ -85,15 +81,12 @@ def check_folders(raw_dir: str, folders: tuple[str, ...], name: str) -> None:
   """A :class:`UserError` naming the first of ``folders`` missing under ``raw_dir``."""
   for folder in folders:
     if not os.path.isdir(os.path.join(raw_dir, folder)):
-      raise UserError(f'prepare {name}: --raw {raw_dir!r} has no '
-                      f'folder {folder}/; it must hold {" and ".join(f + "/" for f in folders)} '
-                      'as the data set ships them (docs/datasets.md).')
+      raise UserError(f'prepare {name}: --raw {raw_dir!r} has no folder {folder}/; it must hold '
+                      f'{" and ".join(f + "/" for f in folders)} as the data set ships them '
+                      '(docs/datasets.md).')
 
 
-PREPARE_OPTIONS = {'split': 'ogm', 'frame_size': 224}
-
-
-@core.register_preparer(NAME, options=PREPARE_OPTIONS)
+@core.register_preparer(NAME, options={'split': 'ogm', 'frame_size': 224})
 class CremaD:
   """CREMA-D: OGM-GE's 257 x 188 log spectrogram and 1-fps face frames, split 'ogm' or 'speaker'."""
 
@@ -178,11 +171,8 @@ def build_audio_visual(name: str, path: str, seed: int, num_frames: int, frame_s
                                worker_count=worker_count, val_from_train=val_from_train)
 
 
-DATA_OPTIONS = {'path': '', 'num_frames': 1, 'frame_selection': 'first', 'image_size': 224,
-                'val_fraction': 0.1, 'worker_count': 0}
-
-
-@mmjax.data.register(NAME, options=DATA_OPTIONS)
+@mmjax.data.register(NAME, options={'path': '', 'num_frames': 1, 'frame_selection': 'first',
+                                    'image_size': 224, 'val_fraction': 0.1, 'worker_count': 0})
 def build(seed: int, path: str, num_frames: int, frame_selection: str, image_size: int,
           val_fraction: float, worker_count: int) -> mmjax.data.MultiModalDataset:
   """CREMA-D prepared by `mmjax prepare crema_d`: audio spectrogram + face frames, 6 emotions."""
