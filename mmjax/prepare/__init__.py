@@ -13,7 +13,7 @@ from mmjax.prepare.core import (Example, PreparedSource, PreparerEntry, PrepareR
                                 read_labels, read_metadata, register_preparer,
                                 registered_preparers, serialize_record)
 # The data sets register their preparers (and read data sets) on import.
-from mmjax.prepare import mnist  # noqa: F401  pylint: disable=wrong-import-order
+from mmjax.prepare import mnist, modelnet40  # noqa: F401  pylint: disable=wrong-import-order
 
 
 __all__ = ['Example', 'PrepareResult', 'PreparedSource', 'PreparerEntry', 'open_prepared',
