@@ -130,6 +130,26 @@ class MnistPreparer:
     except (OSError, EOFError, ValueError) as error:
       return error
 
+  #: The config file (and its arguments) that trains on this preparer's output.
+  config = 'configs/cgmnist.py:source=prepared'
+
+  @staticmethod
+  def synthetic_raw(raw_dir: str, examples: int, seed: int = 0) -> dict:
+    """Writes MNIST-sized IDX files of ``examples`` random digits per split (gzipped, as
+    distributed) for benchmarks; returns the options to prepare them with."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(raw_dir, exist_ok=True)
+    for images_stem, labels_stem in FILES.values():
+      images = rng.integers(0, 256, (examples, *IMAGE_SHAPE), dtype=np.uint8)
+      labels = (np.arange(examples) % 10).astype(np.uint8)
+      for stem, magic, array in ((images_stem, IMAGES_MAGIC, images),
+                                 (labels_stem, LABELS_MAGIC, labels)):
+        header = b''.join(int(v).to_bytes(4, 'big') for v in (magic, *array.shape))
+        dims = array.ndim
+        with open(os.path.join(raw_dir, f'{stem}-idx{dims}-ubyte.gz'), 'wb') as f:
+          f.write(gzip.compress(header + array.tobytes()))
+    return {'allow_subset': True}
+
   def metadata(self, allow_subset: bool) -> dict:
     del allow_subset
     return {

@@ -123,6 +123,34 @@ class ModelNet40Preparer:
       raise ValueError(f'the views have different sizes {sorted(shapes)}')
     return features
 
+  #: The config file that trains on this preparer's output.
+  config = 'configs/modelnet40.py'
+
+  @staticmethod
+  def synthetic_raw(raw_dir: str, examples: int, seed: int = 0, size: int = 224) -> dict:
+    """Writes renders in the MVCNN layout for benchmarks: about ``examples`` train and
+    ``examples // 4`` test models over the 40 classes, 12 views each, ``size`` x ``size`` PNGs
+    like the real ones (a shaded blob on white, so they compress as renders do); returns the
+    options to prepare them with (the defaults)."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size] / size - 0.5
+    per_class = {'train': max(1, examples // len(CLASSES)),
+                 'test': max(1, examples // (4 * len(CLASSES)))}
+    for label, name in enumerate(CLASSES):
+      for split, count in per_class.items():
+        folder = os.path.join(raw_dir, name, split)
+        os.makedirs(folder, exist_ok=True)
+        for model in range(1, count + 1):
+          for view in range(NUM_VIEWS):
+            a, b = rng.uniform(0.15, 0.4, 2)
+            inside = (x / a) ** 2 + (y / b) ** 2 < 1
+            shade = 255 - (120 * inside * (1 + np.cos(7 * x + label + view)) / 2).astype(np.uint8)
+            image = np.repeat(shade[..., None], 3, axis=-1).astype(np.uint8)
+            Image.fromarray(image).save(os.path.join(
+                folder, f'{name}_{model:04d}.obj.shaded_v{view + 1:03d}.png'))
+    return {}
+
   def metadata(self, views: tuple[int, ...], image_size: int) -> dict:
     return {
         'classes': list(CLASSES),
