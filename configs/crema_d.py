@@ -40,7 +40,7 @@ def audio_visual_config(arg, name, data_defaults):
   config = config_lib.base_config()
   config.seed = args.seed
   config.data = ml_collections.ConfigDict({
-      'name': name, 'module': f'mmjax.prepare.{name}', 'path': args.path, **data_defaults,
+      'name': name, 'path': args.path, **data_defaults,
       'val_fraction': 0.1, 'worker_count': 0})
   presets = SMOKE_PRESETS if args.smoke else ENCODER_PRESETS
   encoders = {}

@@ -13,7 +13,8 @@ from mmjax.prepare.core import (Example, PreparedSource, PreparerEntry, PrepareR
                                 read_labels, read_metadata, register_preparer,
                                 registered_preparers, serialize_record)
 # The data sets register their preparers (and read data sets) on import.
-from mmjax.prepare import mnist, modelnet40  # noqa: F401  pylint: disable=wrong-import-order
+# pylint: disable-next=wrong-import-order
+from mmjax.prepare import ave, crema_d, kinetics_sounds, mnist, modelnet40  # noqa: F401
 
 
 __all__ = ['Example', 'PrepareResult', 'PreparedSource', 'PreparerEntry', 'open_prepared',

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-import mmjax.data
+from mmjax.data.dataset import MultiModalDataset
+from mmjax.data.registry import register
 from mmjax.errors import UserError
 from mmjax.prepare import audio, core, crema_d, video
 
@@ -131,10 +132,10 @@ class Ave:
     }
 
 
-@mmjax.data.register(NAME, options={'path': '', 'num_frames': 4, 'frame_selection': 'spread',
+@register(NAME, options={'path': '', 'num_frames': 4, 'frame_selection': 'spread',
                                     'image_size': 224, 'val_fraction': 0.1, 'worker_count': 0})
 def build(seed: int, path: str, num_frames: int, frame_selection: str, image_size: int,
-          val_fraction: float, worker_count: int) -> mmjax.data.MultiModalDataset:
+          val_fraction: float, worker_count: int) -> MultiModalDataset:
   """AVE prepared by `mmjax prepare ave`: audio spectrogram + frames, 28 event classes."""
   return crema_d.build_audio_visual(NAME, path, seed, num_frames, frame_selection, image_size,
                                     val_fraction, worker_count)

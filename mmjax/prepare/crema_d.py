@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-import mmjax.data
-from mmjax.data.dataset import (check_choice, check_fraction, check_int, derive_seed,
-                                 stratified_split)
+from mmjax.data.dataset import (MultiModalDataset, check_choice, check_fraction, check_int,
+                                 derive_seed, stratified_split)
+from mmjax.data.registry import register
 from mmjax.errors import UserError
 from mmjax.prepare import audio, core, video
 
@@ -145,7 +145,7 @@ def frame_preprocess(frames: np.ndarray, num_frames: int, frame_selection: str,
 
 def build_audio_visual(name: str, path: str, seed: int, num_frames: int, frame_selection: str,
                        image_size: int, val_fraction: float, worker_count: int,
-                       audio_channel: bool = True) -> mmjax.data.MultiModalDataset:
+                       audio_channel: bool = True) -> MultiModalDataset:
   """The audio-visual data set ``name`` of a prepared folder (CREMA-D, AVE, Kinetics-Sounds).
 
   ``audio``: the stored audio feature (with a channel axis when ``audio_channel``); ``visual``:
@@ -171,10 +171,10 @@ def build_audio_visual(name: str, path: str, seed: int, num_frames: int, frame_s
                                worker_count=worker_count, val_from_train=val_from_train)
 
 
-@mmjax.data.register(NAME, options={'path': '', 'num_frames': 1, 'frame_selection': 'first',
+@register(NAME, options={'path': '', 'num_frames': 1, 'frame_selection': 'first',
                                     'image_size': 224, 'val_fraction': 0.1, 'worker_count': 0})
 def build(seed: int, path: str, num_frames: int, frame_selection: str, image_size: int,
-          val_fraction: float, worker_count: int) -> mmjax.data.MultiModalDataset:
+          val_fraction: float, worker_count: int) -> MultiModalDataset:
   """CREMA-D prepared by `mmjax prepare crema_d`: audio spectrogram + face frames, 6 emotions."""
   return build_audio_visual(NAME, path, seed, num_frames, frame_selection, image_size,
                             val_fraction, worker_count)

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-import mmjax.data
+from mmjax.data.dataset import MultiModalDataset
+from mmjax.data.registry import register
 from mmjax.errors import UserError
 from mmjax.prepare import audio, core, crema_d, video
 
@@ -104,10 +105,10 @@ class KineticsSounds:
     }
 
 
-@mmjax.data.register(NAME, options={'path': '', 'num_frames': 3, 'frame_selection': 'spread',
+@register(NAME, options={'path': '', 'num_frames': 3, 'frame_selection': 'spread',
                                     'image_size': 224, 'val_fraction': 0.1, 'worker_count': 0})
 def build(seed: int, path: str, num_frames: int, frame_selection: str, image_size: int,
-          val_fraction: float, worker_count: int) -> mmjax.data.MultiModalDataset:
+          val_fraction: float, worker_count: int) -> MultiModalDataset:
   """Kinetics-Sounds prepared by `mmjax prepare kinetics_sounds`: fbank + frames, 31 classes."""
   return crema_d.build_audio_visual(NAME, path, seed, num_frames, frame_selection, image_size,
                                     val_fraction, worker_count)
