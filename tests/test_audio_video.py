@@ -4,7 +4,6 @@ values computed independently (scipy's STFT, a hand DFT, hand-made videos of kno
 import fractions
 import math
 
-import av
 import numpy as np
 import pytest
 import scipy.io.wavfile
@@ -131,29 +130,10 @@ COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], np.
 def write_video(path, codec, rate, num_frames, colour_of_frame, size=(32, 24), audio_rate=0,
                 audio_seconds=0.0):
   """A video of ``num_frames`` solid-colour frames (``colour_of_frame(i)``), optionally with a
-  440-Hz AAC/PCM audio track."""
-  container = av.open(path, 'w')
-  stream = container.add_stream(codec, rate=rate)
-  stream.width, stream.height, stream.pix_fmt = size[0], size[1], 'yuv420p'
-  if audio_rate:
-    audio_stream = container.add_stream('aac', rate=audio_rate, layout='mono')
-  for i in range(num_frames):
-    image = np.broadcast_to(colour_of_frame(i), (size[1], size[0], 3)).copy()
-    for packet in stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')):
-      container.mux(packet)
-  for packet in stream.encode():
-    container.mux(packet)
-  if audio_rate:
-    samples = _tone(audio_rate, audio_seconds, 440.0).astype(np.float32)
-    for start in range(0, len(samples), 1024):
-      frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format='fltp',
-                                         layout='mono')
-      frame.sample_rate = audio_rate
-      for packet in audio_stream.encode(frame):
-        container.mux(packet)
-    for packet in audio_stream.encode():
-      container.mux(packet)
-  container.close()
+  440-Hz AAC audio track."""
+  frames = (np.broadcast_to(colour_of_frame(i), (size[1], size[0], 3)) for i in range(num_frames))
+  sound = _tone(audio_rate, audio_seconds, 440.0) if audio_rate else None
+  video.write_clip(path, frames, rate, codec=codec, audio=sound, sample_rate=audio_rate)
 
 
 @pytest.mark.parametrize('suffix, codec', [('flv', 'flv'), ('mp4', 'h264')])

@@ -114,6 +114,31 @@ class Ave:
     return {'audio': audio.pmr_spectrogram(samples, SAMPLE_RATE),
             'frames': video.frames_per_second(path, frame_size, seconds=seconds)}
 
+  @staticmethod
+  def synthetic_raw(raw_dir: str, examples: int, seed: int = 0) -> dict[str, Any]:
+    """Writes AVE's layout for benchmarks (``benchmarks/input_pipeline.py``): ``examples`` train
+    clips and ``max(1, examples // 8)`` val and test clips, each a 10-s 640 x 360 24-fps MP4 with
+    16-kHz AAC audio and an event of 2-9 s, and the three split files; returns the options to
+    prepare them with (the defaults)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(raw_dir, 'AVE'), exist_ok=True)
+    counts = {'train': examples, 'val': max(1, examples // 8), 'test': max(1, examples // 8)}
+    for split, count in counts.items():
+      lines = []
+      for i in range(count):
+        video_id = f'{split}{i:05d}'
+        label = int(rng.integers(len(CLASSES)))
+        start = int(rng.integers(0, 3))
+        end = start + int(rng.integers(2, 8))
+        lines.append(f'{CLASSES[label]}&{video_id}&good&{start}&{end}')
+        video.write_clip(os.path.join(raw_dir, 'AVE', video_id + '.mp4'),
+                         video.synthetic_frames(10.0, 24, 640, 360, rng.integers(64, 256, 3)), 24,
+                         codec='h264', audio=crema_d.synthetic_tone(10.0, 200.0 + 20 * label, rng),
+                         sample_rate=SAMPLE_RATE)
+      with open(os.path.join(raw_dir, SPLIT_FILES[split]), 'w', encoding='utf-8') as f:
+        f.write('\n'.join(lines) + '\n')
+    return {}
+
   def metadata(self, segment: str, frame_size: int) -> dict[str, Any]:
     where = 'the annotated event seconds' if segment == 'event' else 'the whole clip'
     return {

@@ -86,6 +86,22 @@ def check_folders(raw_dir: str, folders: tuple[str, ...], name: str) -> None:
                       '(docs/datasets.md).')
 
 
+def synthetic_tone(seconds: float, frequency: float, rng: np.random.Generator,
+                   sample_rate: int = 16000) -> np.ndarray:
+  """A tone in noise, float32 in [-1, 1] (benchmark audio)."""
+  t = np.arange(int(seconds * sample_rate)) / sample_rate
+  return (0.4 * np.sin(2 * np.pi * frequency * t)
+          + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def write_synthetic_wav(path: str, seconds: float, frequency: float, rng: np.random.Generator
+                        ) -> None:
+  """:func:`synthetic_tone` as a 16-kHz 16-bit WAV, as CREMA-D's."""
+  import scipy.io.wavfile  # pylint: disable=import-outside-toplevel
+  samples = np.round(synthetic_tone(seconds, frequency, rng) * 32767).astype(np.int16)
+  scipy.io.wavfile.write(path, 16000, samples)
+
+
 @core.register_preparer(NAME, options={'split': 'ogm', 'frame_size': 224})
 class CremaD:
   """CREMA-D: OGM-GE's 257 x 188 log spectrogram and 1-fps face frames, split 'ogm' or 'speaker'."""
@@ -104,6 +120,28 @@ class CremaD:
     wav, flv = example.files
     return {'audio': audio.ogm_log_spectrogram(audio.load_audio(wav, SAMPLE_RATE)),
             'frames': video.frames_per_second(flv, frame_size)}
+
+  @staticmethod
+  def synthetic_raw(raw_dir: str, examples: int, seed: int = 0) -> dict[str, Any]:
+    """Writes CREMA-D's layout for benchmarks (``benchmarks/input_pipeline.py``): the first
+    ``examples`` train clips and ``max(1, examples // 8)`` test clips of the OGM split, each a
+    2.5-s 16-kHz WAV (a tone in noise) and a 2.5-s 480 x 360 30-fps FLV like the real ones;
+    returns the options to prepare them with (the defaults). The other clips of the split lists
+    are then reported missing, as in an incomplete download."""
+    rng = np.random.default_rng(seed)
+    splits = clip_splits('ogm')
+    clips = ([c for c in splits if splits[c] == 'train'][:examples]
+             + [c for c in splits if splits[c] == 'test'][:max(1, examples // 8)])
+    for folder in ('AudioWAV', 'VideoFlash'):
+      os.makedirs(os.path.join(raw_dir, folder), exist_ok=True)
+    for clip in clips:
+      label = CLASSES.index(clip.split('_')[2])
+      write_synthetic_wav(os.path.join(raw_dir, 'AudioWAV', clip + '.wav'), 2.5,
+                          200.0 + 100.0 * label, rng)
+      video.write_clip(os.path.join(raw_dir, 'VideoFlash', clip + '.flv'),
+                       video.synthetic_frames(2.5, 30, 480, 360, rng.integers(64, 256, 3)), 30,
+                       codec='flv')
+    return {}
 
   def metadata(self, split: str, frame_size: int) -> dict[str, Any]:
     return {

@@ -89,6 +89,32 @@ class KineticsSounds:
     return {'audio': audio.ast_fbank(audio.load_audio(path, SAMPLE_RATE, channel=0), SAMPLE_RATE),
             'frames': video.frames_per_second(path, frame_size)}
 
+  @staticmethod
+  def synthetic_raw(raw_dir: str, examples: int, seed: int = 0) -> dict[str, Any]:
+    """Writes Kinetics-400 clips for benchmarks (``benchmarks/input_pipeline.py``): the first
+    ``examples`` train clips and ``max(1, examples // 8)`` test clips of the lists, each a 10-s
+    640 x 360 24-fps MP4 with 16-kHz AAC audio, under ``train/<class>/`` and ``val/<class>/``
+    with Kinetics' file names; returns the options to prepare them with (the defaults). The
+    other listed clips are then reported missing, as in an incomplete download."""
+    rng = np.random.default_rng(seed)
+    names = classes()
+    rows = {'train': crema_d.read_list('kinetics_sounds_train.txt')[:examples],
+            'val': crema_d.read_list('kinetics_sounds_test.txt')[:max(1, examples // 8)]}
+    for split, lines in rows.items():
+      for line in lines:
+        clip, label = line.split()
+        if not _KINETICS_STEM.match(clip):  # a test id <youtube id>_<start>: Kinetics' name
+          youtube_id, start = clip.rsplit('_', 1)
+          clip = f'{youtube_id}_{int(start):06d}_{int(start) + 10:06d}'
+        folder = os.path.join(raw_dir, split, names[int(label)])
+        os.makedirs(folder, exist_ok=True)
+        video.write_clip(os.path.join(folder, clip + '.mp4'),
+                         video.synthetic_frames(10.0, 24, 640, 360, rng.integers(64, 256, 3)), 24,
+                         codec='h264',
+                         audio=crema_d.synthetic_tone(10.0, 200.0 + 20 * int(label), rng),
+                         sample_rate=SAMPLE_RATE)
+    return {}
+
   def metadata(self, frame_size: int) -> dict[str, Any]:
     return {
         'classes': classes(),

@@ -32,7 +32,10 @@ Read time, per example (:func:`select_frames`, :func:`resize_normalize` in every
 
 from __future__ import annotations
 
+import fractions
+import itertools
 import math
+from typing import Iterable, Iterator
 
 import av
 import numpy as np
@@ -144,3 +147,45 @@ def random_resized_crop_flip(frames: np.ndarray, rng: np.random.Generator) -> np
     crop = _resize_float(frame[top:top + h, left:left + w], height, width)
     out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
   return np.stack(out)
+
+
+def write_clip(path: str, frames: Iterable[np.ndarray], fps: int | fractions.Fraction, *,
+               codec: str, audio: np.ndarray | None = None, sample_rate: int = 0) -> None:
+  """Writes uint8 RGB frames ``[H, W, 3]`` (and mono float audio in [-1, 1] at ``sample_rate``,
+  AAC) as a video file with PyAV: the clips, in a data set's real container, that the tests and
+  ``synthetic_raw`` (benchmarks) make."""
+  frames = iter(frames)
+  first = next(frames)
+  with av.open(path, 'w') as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.height, stream.width = first.shape[:2]
+    stream.pix_fmt = 'yuv420p'
+    audio_stream = (container.add_stream('aac', rate=sample_rate, layout='mono')
+                    if audio is not None else None)
+    for image in itertools.chain([first], frames):
+      for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image),
+                                                             format='rgb24')):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+    if audio_stream is not None:
+      samples = np.asarray(audio, np.float32)
+      for start in range(0, len(samples), 1024):
+        chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format='fltp',
+                                           layout='mono')
+        chunk.sample_rate = sample_rate
+        for packet in audio_stream.encode(chunk):
+          container.mux(packet)
+      for packet in audio_stream.encode():
+        container.mux(packet)
+
+
+def synthetic_frames(seconds: float, fps: int, width: int, height: int, colour: np.ndarray
+                     ) -> Iterator[np.ndarray]:
+  """A clip's frames for benchmarks: a gradient of ``colour`` drifting sideways (it compresses
+  and decodes as camera video does, unlike noise)."""
+  x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+  y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+  for i in range(int(round(seconds * fps))):
+    shade = 0.5 + 0.5 * np.sin(2 * np.pi * (x + y + i / (2.0 * fps)))
+    yield (shade * np.asarray(colour, np.float32)).astype(np.uint8)
