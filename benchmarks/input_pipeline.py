@@ -12,8 +12,8 @@ a temporary folder:
 3. builds the data set of the preparer's config (its ``config`` attribute, default
    ``configs/<name>.py``) on the prepared folder and prints examples/s of training batches of
    ``mmjax.data.TrainIterator`` (read, decode, preprocess, augment) with each Grain worker count;
-4. times that config's compiled train step (``timing.time_train_step``) and prints the
-   examples/s it consumes (steps/s x batch).
+4. times that config's compiled train step (``timing.time_train_step``; ``--steps 0`` skips it)
+   and prints the examples/s it consumes (steps/s x batch).
 
 The pipeline keeps up when its examples/s exceed the step's. Numbers depend on the machine and
 its load: report them with the command and ``uptime``'s load average.
@@ -86,6 +86,8 @@ def bench(name: str, entry, args, folder: str) -> None:
     iterator.close()
     print(f'pipeline workers={workers}: batch {batch}, first batch {first:.2f} s, then '
           f'{rate(args.batches * batch, seconds)} examples/s')
+  if not args.steps:
+    return
   step = timing.time_train_step(config, steps=args.steps, warmup=1)
   print(f'train step ({config.model.get("name", "late_fusion")}, batch {config.batch_size}): '
         f'compile {step["compile_s"]:.1f} s, {step["step_ms"]:.1f} ms/step = '

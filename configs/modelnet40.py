@@ -49,7 +49,7 @@ def get_config(arg=None):
   config.seed = args.seed
   config.data = ml_collections.ConfigDict({
       'name': 'modelnet40', 'path': '', 'views': views, 'val_fraction': 0.2, 'val_seed': 10,
-      'worker_count': 2})
+      'worker_count': 4})  # Grain processes that decode, normalise and flip the images
   config.model.encoders = models.encoder_sections(args, MODALITIES, ENCODER_PRESETS)
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.1

@@ -565,8 +565,12 @@ def _run_shards(entry: PreparerEntry, options: Mapping[str, Any], pending: list[
         initargs=(os.getpid(),)) as pool:
       futures = {pool.submit(write_shard, entry.factory, dict(options), shard, out): shard
                  for shard in pending}
-      for future in concurrent.futures.as_completed(futures):
-        record(futures[future], future.result())
+      try:
+        for future in concurrent.futures.as_completed(futures):
+          record(futures[future], future.result())
+      except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # no more shards after an error
+        raise
 
 
 def _finish(entry: PreparerEntry, preparer: Any, options: Mapping[str, Any],
