@@ -8,7 +8,10 @@ installed.
 Rows: (config, method, dtype). A config is ``NAME[:ARGS]``, ``ARGS`` the config file's own
 arguments joined by ``,`` (``ucimf:views=fou+fac+kar``); ``cgmnist:encoder=resnet18`` is
 Colored-and-gray MNIST with the ResNet-18 encoders of Wu et al. (2022) at the config's batch
-size. Each config's methods are
+size; ``audio_visual_standin[:batch=N,frames=N]`` (:mod:`benchmarks.audio_visual_standin`) is
+the audio-visual literature's two ImageNet-stem ResNet-18s (``resnet18_spectrogram`` on a
+257x188 spectrogram, ``resnet18_frames`` on 224x224 frames) on random inputs of CREMA-D's
+shapes, with no data set to prepare. Each config's methods are
 timed together in interleaved rounds (:func:`benchmarks.timing.compare_train_steps`, best round
 kept), so ``x vanilla`` is a ratio measured in one run. ``--quick`` uses each config's ``smoke``
 variant, fewer steps and one round: it proves the script runs, its numbers are not figures.
@@ -39,8 +42,13 @@ from benchmarks.timing import compare_train_steps  # noqa: E402  pylint: disable
 #: with the step of a fixed-weight method; ``gradient`` estimates in the step).
 METHODS = ('vanilla', 'uniform', 'fixed', 'unimodal', 'gblend', 'gblend:gradient', 'greedy')
 # (``unimodal`` trains the config's first modality alone.)
-#: ``config name[:args]``: the bundled configs, and Wu et al.'s ResNet-18 on CG-MNIST.
-CONFIGS = ('synthetic', 'ucimf', 'cgmnist', 'cgmnist:encoder=resnet18')
+#: ``config name[:args]``: the bundled configs, Wu et al.'s ResNet-18 on CG-MNIST and the
+#: audio-visual ResNet-18s on CREMA-D's shapes.
+CONFIGS = ('synthetic', 'ucimf', 'cgmnist', 'cgmnist:encoder=resnet18', 'audio_visual_standin')
+#: Configs that live in ``benchmarks/`` rather than ``configs/``.
+BENCHMARK_CONFIGS = ('audio_visual_standin',)
+#: The encoders :mod:`benchmarks.torch_models` has a PyTorch version of.
+TORCH_ENCODERS = ('mlp', 'cnn', 'resnet18')
 
 
 def make_config(config_name: str, method: str, dtype: str, quick: bool):
@@ -49,7 +57,8 @@ def make_config(config_name: str, method: str, dtype: str, quick: bool):
   arg = [f'method={name}'] + ([f'estimator={estimator}'] if estimator else [])
   arg += [config_args] if config_args else []
   arg += ['smoke'] if quick else []
-  config = importlib.import_module(f'configs.{module_name}').get_config(','.join(arg))
+  package = 'benchmarks' if module_name in BENCHMARK_CONFIGS else 'configs'
+  config = importlib.import_module(f'{package}.{module_name}').get_config(','.join(arg))
   if name == 'unimodal' and not config.method.modality:  # its first modality alone
     config.method.modality = next(iter(config.model.encoders))
   config.model.dtype = dtype
@@ -58,7 +67,10 @@ def make_config(config_name: str, method: str, dtype: str, quick: bool):
 
 
 def torch_step_ms(config, steps: int, rounds: int) -> float | None:
-  """Best ms per PyTorch train step of ``config``'s architecture, or None without torch."""
+  """Best ms per PyTorch train step of ``config``'s architecture, or None without torch or
+  without a PyTorch version of its encoders."""
+  if any(e['name'] not in TORCH_ENCODERS for e in config.model.encoders.values()):
+    return None
   try:
     from benchmarks import torch_models  # pylint: disable=import-outside-toplevel
   except ImportError:

@@ -26,7 +26,7 @@ from mmjax.models.mmtm import MMTMClassifier, default_mmtm_stages
 from mmjax.models.registry import (OBJECT, build_encoder, check_features_encoder,
                                    check_staged_encoder, describe, encoder_args, encoder_config,
                                    encoder_sections, module_options, register_encoder)
-from mmjax.models.resnet import ResNet18Frames, ResNet18Spectrogram
+from mmjax.models.resnet import ResNet18Frames, ResNet18Image, ResNet18Spectrogram
 
 PyTree = Any
 
@@ -225,7 +225,7 @@ def init_variables(model: nn.Module, rng: jax.Array, example_inputs: Mapping[str
 
 __all__ = [
     'DTYPES', 'ENCODERS', 'FUSED', 'FUSIONS', 'MODELS', 'OBJECT', 'LateFusionClassifier', 'MLPEncoder',
-    'MMTMClassifier', 'ResNet18', 'ResNet18Frames', 'ResNet18Spectrogram', 'SmallCNN', 'StagedEncoder', 'build_encoder', 'build_encoders',
+    'MMTMClassifier', 'ResNet18', 'ResNet18Frames', 'ResNet18Image', 'ResNet18Spectrogram', 'SmallCNN', 'StagedEncoder', 'build_encoder', 'build_encoders',
     'build_model', 'check_features_encoder', 'check_model', 'check_parameter_groups',
     'check_staged_encoder', 'config_with_objects', 'describe', 'encoder_args', 'encoder_config',
     'encoder_sections', 'init_variables', 'module_options', 'register_encoder', 'scale_gradient',

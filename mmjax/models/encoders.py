@@ -24,7 +24,9 @@ Mixed precision: every encoder has a ``dtype`` field, the dtype its layers compu
 ``model.dtype`` (``'bfloat16'`` on accelerators); parameters stay float32 (``param_dtype``) and
 BatchNorm computes its statistics and keeps its running averages in float32 whatever ``dtype``.
 
-These are the built-in encoders of :data:`ENCODERS`. Any ``flax.linen`` module can be an
+These are built-in encoders of :data:`ENCODERS`; the ImageNet-stem ResNet-18s of the
+audio-visual literature (``resnet18_spectrogram``, ``resnet18_frames``, ``resnet18_image``) are
+in :mod:`mmjax.models.resnet`. Any ``flax.linen`` module can be an
 encoder: late fusion needs only ``__call__(x, *, train) -> [B, features]``, MMTM the staged
 interface above (``stage_channels``, ``stages``, ``embed``), which
 :func:`mmjax.models.check_staged_encoder` checks; ``docs/your_model.md`` has the contract.

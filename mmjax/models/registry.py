@@ -31,7 +31,8 @@ import numpy as np
 from mmjax.models.encoders import ENCODERS
 
 #: The encoder names mmjax ships with; a user's class cannot take them.
-BUILTIN_ENCODERS = ('cnn', 'mlp', 'resnet18', 'resnet18_frames', 'resnet18_spectrogram')
+BUILTIN_ENCODERS = ('cnn', 'mlp', 'resnet18', 'resnet18_frames', 'resnet18_image',
+                    'resnet18_spectrogram')
 #: ``name`` of the config section that stands for a module passed as an object from Python.
 OBJECT = '<object>'
 #: What a staged encoder (one that MMTM can sit between the stages of) provides.

@@ -1,9 +1,10 @@
-"""The audio-visual literature's encoders: ImageNet-stem ResNet-18 on a spectrogram and on frames.
+"""The literature's ImageNet-stem ResNet-18 encoders: on a spectrogram, on an image, on frames.
 
 OGM-GE (Peng et al., CVPR 2022; ``models/backbone.py`` and ``basic_model.py`` of its official
 code) and the methods that follow its protocol (AGM, PMR, MMPareto, MLA, ReconBoost, InfoReg,
 BalanceBenchmark) encode each modality of CREMA-D, Kinetics-Sounds, AVE and VGGSound with its own
-ResNet-18 (He et al., CVPR 2016), trained from scratch:
+ResNet-18 (He et al., CVPR 2016), trained from scratch, and so do Wu et al. (ICML 2022) each view
+of ModelNet40:
 
 - torchvision's layout: the ImageNet stem (7x7 stride-2 conv, BatchNorm, ReLU, 3x3 stride-2
   max-pool, all padded as PyTorch's ``padding=3`` and ``padding=1``), then BasicBlocks
@@ -17,13 +18,17 @@ ResNet-18 (He et al., CVPR 2016), trained from scratch:
   (``std = sqrt(2 / (k * k * C_out))``); BatchNorm ``gamma = 1``, ``beta = 0``; the optional
   ``Dense`` Xavier-normal with zero bias, as OGM initialises every ``Linear``.
 
-Two built-in encoders (:data:`mmjax.models.ENCODERS`):
+Three built-in encoders (:data:`mmjax.models.ENCODERS`):
 
 ``resnet18_spectrogram`` (:class:`ResNet18Spectrogram`)
   input ``[B, F, T]`` or ``[B, F, T, 1]``, a one-channel image with frequency as height and
   time as width, as OGM feeds ``(B, 1, 257, 188)``; a 257x188 CREMA-D spectrogram becomes a
   9x6 map of 512 channels before the pool, a 1024x128 Kaldi filter bank (Kinetics-Sounds) a
   32x4 map.
+``resnet18_image`` (:class:`ResNet18Image`)
+  input ``[B, H, W, C]``, one image: torchvision's ``resnet18`` without ``fc``, the branch of
+  Wu et al. (2022) on the ModelNet40 views (``torchvision.models.resnet18(pretrained=False)``
+  in their ``MMTM_MVCNN``), 7x7x512 for a 224x224 image.
 ``resnet18_frames`` (:class:`ResNet18Frames`)
   input ``[B, T, H, W, 3]``, ``T`` frames of a clip; the frames are folded into the batch
   (``[B * T, H, W, 3]``, so BatchNorm's statistics are over every frame of the batch, as in
@@ -32,7 +37,7 @@ Two built-in encoders (:data:`mmjax.models.ENCODERS`):
   ``AdaptiveAvgPool3d(1)`` over ``(B, 512, T, 7, 7)``, i.e. the mean of the per-frame
   embeddings, with no temporal modelling.
 
-Both are :class:`~mmjax.models.StagedEncoder` s with five stages (stem, ``layer1`` ..
+All are :class:`~mmjax.models.StagedEncoder` s with five stages (stem, ``layer1`` ..
 ``layer4``), usable by the late-fusion model and by the MMTM model of Wu et al. (2022), whose
 default MMTMs sit after ``layer2..4`` (stages 2, 3, 4). The stages of ``resnet18_frames`` keep
 the frame axis (``[B, T, h, w, c]`` between stages), so an MMTM's squeeze, the mean over every
@@ -73,6 +78,17 @@ class ImageNetStem(nn.Module):
                 kernel_init=_conv_init, dtype=self.dtype)(x)
     x = nn.relu(_batch_norm(train, self.dtype)(x))
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ImageStem(ImageNetStem):
+  """:class:`ImageNetStem` on images ``[B, H, W, C]``, other ranks refused."""
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    if x.ndim != 4:
+      raise ValueError(f'resnet18_image takes images [batch, height, width, channels]; got shape '
+                       f'{x.shape}.')
+    return super().__call__(x, train=train)
 
 
 class SpectrogramStem(ImageNetStem):
@@ -139,12 +155,16 @@ class _ImageNetResNet18(StagedEncoder):
     """The stages this encoder runs: :meth:`image_stages` as they are."""
     return self.image_stages()
 
-  def setup(self):
-    if not (isinstance(self.width, int) and self.width > 0):
+  def __post_init__(self):
+    if isinstance(self.width, bool) or not (isinstance(self.width, int) and self.width > 0):
       raise ValueError(f'width = {self.width!r} must be a positive integer (64 in the papers).')
-    if self.features is not None and not (isinstance(self.features, int) and self.features > 0):
+    if self.features is not None and (isinstance(self.features, bool) or not (
+        isinstance(self.features, int) and self.features > 0)):
       raise ValueError(f'features = {self.features!r} must be None (no Dense after the pool, as '
-                       'the literature) or a positive integer.')
+                       'in the literature) or a positive integer.')
+    super().__post_init__()
+
+  def setup(self):
     self.stages = self.build_stages()
     if self.features is not None:
       self.head = nn.Dense(self.features, kernel_init=_dense_init,
@@ -165,6 +185,21 @@ class ResNet18Spectrogram(_ImageNetResNet18):
   average pool (``8 * width`` features, or ``features`` with the optional ``Dense``).
   """
   stem_class = SpectrogramStem
+
+  def pool(self, x: Array) -> Array:
+    return _global_average_pool(x)
+
+
+@register_encoder('resnet18_image')
+class ResNet18Image(_ImageNetResNet18):
+  """ResNet-18 (ImageNet stem) on images ``[B, H, W, C]``: torchvision's ``resnet18`` less ``fc``.
+
+  The branch network of Wu et al. (2022) on ModelNet40 (``models.resnet18(pretrained=False)``
+  per view, 224x224 renders, 7x7x512 after ``layer4``), and any one-image modality that wants
+  the ImageNet stem. ``[B, 8 * width]`` after the global average pool, or ``[B, features]``
+  with the optional ``Dense``. For 28x28 images, the CIFAR-stem ``resnet18`` keeps a usable map.
+  """
+  stem_class = ImageStem
 
   def pool(self, x: Array) -> Array:
     return _global_average_pool(x)
