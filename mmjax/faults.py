@@ -16,7 +16,8 @@ a run at a chosen place (e.g. inside the second G-Blend estimation). The points:
 - ``checkpoint_before_commit``: a checkpoint's files are written, not yet committed (renamed);
 - ``checkpoint_after_commit``: right after the commit, before older checkpoints are removed;
 - ``checkpoint_saved``: after the loop handed a checkpoint to the (asynchronous) writer;
-- ``epoch_end``: after an epoch's checkpoint and log line.
+- ``epoch_end``: after an epoch's checkpoint and log line;
+- ``prepare_shard``: ``mmjax prepare`` recorded a finished shard.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ ENV_VAR = 'MMJAX_FAULT'
 TRACE_ENV_VAR = 'MMJAX_FAULT_TRACE'
 EXIT_CODE = 137
 POINTS = ('train_step', 'shard', 'eval_batch', 'epoch_start', 'epoch_hook_done', 'metrics_record',
-          'checkpoint_before_commit', 'checkpoint_after_commit', 'checkpoint_saved', 'epoch_end')
+          'checkpoint_before_commit', 'checkpoint_after_commit', 'checkpoint_saved', 'epoch_end',
+          'prepare_shard')
 
 _hits: dict[str, int] = {}
 

@@ -33,6 +33,8 @@ from mmjax.data.records import RecordSplit, from_records
 from mmjax.data.registry import DataSetBuilder, get_dataset, register, registered
 # The bundled data sets register themselves on import, in this order.
 from mmjax.data import cgmnist, ucimf, synthetic  # noqa: F401  pylint: disable=wrong-import-order
+# The data sets read from `mmjax prepare` folders (modelnet40, ...) register with their preparers.
+import mmjax.prepare  # noqa: F401,E402  pylint: disable=wrong-import-position
 
 __all__ = ['DataSetBuilder', 'MultiModalDataset', 'RecordSplit', 'Split', 'TrainIterator',
            'eval_batches', 'from_arrays', 'from_records', 'get_dataset', 'register',

