@@ -20,7 +20,8 @@ The recipe is Wu et al.'s (nyukat/greedy_multimodal_learning, ``configs/training
 ``ReduceLROnPlateau`` on the train loss (factor 0.3, patience 10 epochs, relative threshold 1e-3,
 minimum learning rate 1e-6, i.e. a scale of 1e-5), 299 epochs, the best-val checkpoint; 20% of
 train held out as val by their seeded shuffle; ImageNet normalisation and random horizontal flips
-(in Grain's workers). Their ``CompletedStopping`` (stop after 5 epochs at 100% train accuracy) is
+(in-process: Grain workers did not pay off on the CPU, see docs/datasets.md; set
+``--config.data.worker_count=N`` where they do). Their ``CompletedStopping`` (stop after 5 epochs at 100% train accuracy) is
 not reproduced: mmjax runs all epochs. Their branches are torchvision's ResNet-18 (ImageNet stem,
 no pretraining) on 224x224 renders; the default ``resnet18`` encoder here is mmjax's CIFAR-stem
 ResNet-18 (width 64, 512 features), which keeps full resolution through ``layer1`` and so costs
@@ -49,7 +50,7 @@ def get_config(arg=None):
   config.seed = args.seed
   config.data = ml_collections.ConfigDict({
       'name': 'modelnet40', 'path': '', 'views': views, 'val_fraction': 0.2, 'val_seed': 10,
-      'worker_count': 4})  # Grain processes that decode, normalise and flip the images
+      'worker_count': 0})  # Grain processes for normalise + flip: see docs/datasets.md
   config.model.encoders = models.encoder_sections(args, MODALITIES, ENCODER_PRESETS)
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.1
@@ -66,14 +67,13 @@ def get_config(arg=None):
   config.log_every_steps = 100
   config_lib.set_method(config, args)
   if args.smoke:
-    # Seconds on tiny renders: narrow encoders, Adam, two epochs, reading in-process.
+    # Seconds on tiny renders: narrow encoders, Adam, two epochs.
     for m in MODALITIES:
       section = config.model.encoders[m]
       if section['name'] == 'resnet18':
         section['width'] = 8
       if 'features' in section:
         section['features'] = 32
-    config.data.worker_count = 0
     config.optimizer.name = 'adam'
     config.optimizer.learning_rate = 1e-3
     config.optimizer.schedule = 'constant'
