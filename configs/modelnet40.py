@@ -23,10 +23,10 @@ train held out as val by their seeded shuffle; ImageNet normalisation and random
 (in-process: Grain workers did not pay off on the CPU, see docs/datasets.md; set
 ``--config.data.worker_count=N`` where they do). Their ``CompletedStopping`` (stop after 5 epochs at 100% train accuracy) is
 not reproduced: mmjax runs all epochs. Their branches are torchvision's ResNet-18 (ImageNet stem,
-no pretraining) on 224x224 renders; the default ``resnet18`` encoder here is mmjax's CIFAR-stem
-ResNet-18 (width 64, 512 features), which keeps full resolution through ``layer1`` and so costs
-far more per image at 224x224: prepare with ``--option image_size=S`` for a cheaper run, or pick
-an ImageNet-stem encoder with ``encoder=NAME`` where one is registered (``mmjax list encoders``).
+no pretraining) on 224x224 renders, which is the default encoder here, ``resnet18_image``
+(width 64, the 512-d average pool, no Dense after it). ``encoder=resnet18`` picks mmjax's
+CIFAR-stem ResNet-18 instead, which keeps full resolution through ``layer1`` and so costs far
+more per image at 224x224.
 """
 
 import ml_collections
@@ -37,6 +37,7 @@ MODALITIES = ('view_a', 'view_b')
 DEFAULT_VIEWS = '0+6'
 #: This data set's settings of the built-in encoders (the rest of their options at defaults).
 ENCODER_PRESETS = {
+    'resnet18_image': {'width': 64},
     'resnet18': {'width': 64, 'features': 512},
     'cnn': {'features': 512},
 }
@@ -44,7 +45,7 @@ ENCODER_PRESETS = {
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, **config_lib.common_args(
-      views=DEFAULT_VIEWS, **models.encoder_args(MODALITIES, default='resnet18')))
+      views=DEFAULT_VIEWS, **models.encoder_args(MODALITIES, default='resnet18_image')))
   views = tuple(int(v) for v in args.views.split('+') if v)
   config = config_lib.base_config()
   config.seed = args.seed
@@ -70,7 +71,7 @@ def get_config(arg=None):
     # Seconds on tiny renders: narrow encoders, Adam, two epochs.
     for m in MODALITIES:
       section = config.model.encoders[m]
-      if section['name'] == 'resnet18':
+      if section['name'] in ('resnet18', 'resnet18_image'):
         section['width'] = 8
       if 'features' in section:
         section['features'] = 32
