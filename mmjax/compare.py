@@ -182,12 +182,15 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     raise UserError(f'--processes {args.processes!r} is not an integer; give N >= 1.') from None
   if args.processes < 1:
     raise UserError(f'--processes {args.processes} must be at least 1.')
-  args.methods = [parse_method(text) for text in parse_list('--methods', args.methods, str)]
-  seen = {}
-  for variant in args.methods:
+  texts = parse_list('--methods', args.methods, str)
+  args.methods, seen = [], {}
+  for text in texts:
+    variant = parse_method(text)
     if variant.directory in seen:
-      raise UserError(f'--methods: {variant.label!r} is given twice (as {seen[variant.directory]!r}).')
-    seen[variant.directory] = variant.label
+      raise UserError(f'--methods: {text!r} is the same method and options as '
+                      f'{seen[variant.directory]!r}; give each once.')
+    seen[variant.directory] = text
+    args.methods.append(variant)
   args.seeds = parse_list('--seeds', args.seeds, int)
   args.devices = parse_list('--devices', args.devices, str) if args.devices.strip() else []
   return args, rest

@@ -104,7 +104,7 @@ def test_unfinished_run_resumes_and_a_refused_run_is_named(tmp_path, capsys):
     (('--methods', ':alpha=1'), "':alpha=1' does not start with a method name"),
     (('--methods', 'ogm_ge:alpha=1:alpha=2'), "'ogm_ge:alpha=1:alpha=2' sets alpha twice"),
     (('--methods', 'ogm_ge:alpha=0.5:noise=none,ogm_ge:noise=none:alpha=0.5'),
-     "'ogm_ge:alpha=0.5:noise=none' is given twice (as 'ogm_ge:alpha=0.5:noise=none')"),
+     "'ogm_ge:noise=none:alpha=0.5' is the same method and options as 'ogm_ge:alpha=0.5:noise=none'"),
     (('--methods', 'ogm_ge:noise=../x'), "value '../x' of noise may only hold letters"),
     (('--methods', 'ogm_ge:alpha=abc'), 'ogm_ge:alpha=abc seed 0: '),
     (('--methods', 'ogm_ge:alpha=0.3', '--config', f'{CONFIG}:smoke,alpha=0.5'),
