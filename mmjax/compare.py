@@ -3,8 +3,15 @@
     mmjax compare --config configs/NAME.py[:ARGS] --methods vanilla,gblend,greedy,ogm_ge \\
         --seeds 0,1,2 --workdir DIR [--processes N] [--devices 0,1,...] [--config.KEY=VALUE ...]
 
+A method in ``--methods`` may carry options of its own, ``METHOD:KEY=VALUE[:KEY=VALUE...]``
+(e.g. ``--methods vanilla,ogm_ge,ogm_ge:alpha=0.5:noise=none``): any scalar option of that
+method (``mmjax list methods``); values are letters, digits and ``._+-``. Its run directories
+are ``DIR/METHOD--KEY=VALUE[--KEY=VALUE...]`` (keys sorted), a method without options keeps
+``DIR/METHOD``.
+
 Run ``(method, seed)`` is ``python -m mmjax.main --config configs/NAME.py:ARGS,method=M,seed=S
---workdir DIR/M/seed_S [--config.KEY=VALUE ...]`` in a subprocess of its own, so it is the
+--workdir DIR/M/seed_S [--config.KEY=VALUE ...]`` in a subprocess of its own (a method's options
+are appended to the config arguments, ``...,method=M,KEY=VALUE,seed=S``), so it is the
 same resumable run directory a single ``mmjax train`` makes: a run whose ``summary.json``
 says ``finished`` is skipped, an unfinished one resumes from its latest checkpoint. Up to
 ``--processes`` runs go at once (default 1); with ``--devices``, each running process sees one
@@ -13,9 +20,10 @@ of those accelerators (``CUDA_VISIBLE_DEVICES``), one process per device at a ti
 line per run goes to stderr.
 
 When every run is done, :func:`mmjax.report.write_report` writes the comparison table (per
-method, best-val and test-at-best-val accuracy per head, mean +- sample std over the seeds)
-as ``DIR/comparison.md`` and ``DIR/comparison.csv``, and the full report (per-run table,
-plots, ``report.md``) into ``DIR/report/``.
+method, best-val and test-at-best-val accuracy per head, mean +- sample std over the seeds,
+and the literature's number for that method and data set where a paper reports one,
+:mod:`mmjax.literature`) as ``DIR/comparison.md`` and ``DIR/comparison.csv``, and the full
+report (per-run table, plots, ``report.md``) into ``DIR/report/``.
 
 Every argument and every run's config are checked before anything starts or is written: a
 mistake is one ``mmjax: error:`` line and exit code 2. A run that fails is named with the last
@@ -26,25 +34,72 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import csv
 import dataclasses
+import io
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
 import time
 from typing import Sequence
 
-from mmjax import config_lib, methods, metrics
+from mmjax import config_lib, literature, methods, metrics
 from mmjax import main as run_main
 from mmjax import report
 from mmjax.errors import UserError
 
-USAGE = ('usage: mmjax compare --config configs/NAME.py[:ARGS] --methods M1,M2,... '
+USAGE = ('usage: mmjax compare --config configs/NAME.py[:ARGS] --methods M1,M2[:KEY=VALUE...],... '
          '--seeds S1,S2,... --workdir DIR [--processes N] [--devices D1,D2,...] '
          '[--config.KEY=VALUE ...]')
 LOG_DIR = 'logs'
 REPORT_DIR = 'report'
+OPTION_SEPARATOR = ':'
+DIRECTORY_SEPARATOR = '--'
+_VALUE = re.compile(r'[A-Za-z0-9_.+-]+')
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodVariant:
+  """One entry of ``--methods``: a method and the options it runs with, ``(key, value)`` pairs
+  sorted by key, values as given (the config file types them)."""
+  name: str
+  options: tuple[tuple[str, str], ...] = ()
+
+  @property
+  def label(self) -> str:
+    """``METHOD[:KEY=VALUE...]``, the canonical ``--methods`` form."""
+    return OPTION_SEPARATOR.join([self.name, *(f'{k}={v}' for k, v in self.options)])
+
+  @property
+  def directory(self) -> str:
+    """``METHOD[--KEY=VALUE...]``: filesystem-safe, and one directory per distinct variant
+    (names and keys are identifiers, values never hold ``--``)."""
+    return DIRECTORY_SEPARATOR.join([self.name, *(f'{k}={v}' for k, v in self.options)])
+
+
+def parse_method(text: str) -> MethodVariant:
+  """``METHOD[:KEY=VALUE...]`` as a :class:`MethodVariant` (the keys are checked by :func:`plan`,
+  once the config file has registered its methods)."""
+  name, *items = [part.strip() for part in text.split(OPTION_SEPARATOR)]
+  if not name.isidentifier():
+    raise UserError(f'--methods: {text!r} does not start with a method name; give '
+                    f'METHOD[:KEY=VALUE...], e.g. ogm_ge:alpha=0.5.')
+  options = {}
+  for item in items:
+    key, sep, value = (s.strip() for s in item.partition('='))
+    if not sep or not key.isidentifier() or not value:
+      raise UserError(f'--methods: {item!r} in {text!r} is not KEY=VALUE; give '
+                      f'METHOD[:KEY=VALUE...], e.g. ogm_ge:alpha=0.5.')
+    if key in options:
+      raise UserError(f'--methods: {text!r} sets {key} twice.')
+    if not _VALUE.fullmatch(value) or DIRECTORY_SEPARATOR in value:
+      raise UserError(f'--methods: {text!r}: value {value!r} of {key} may only hold letters, '
+                      f"digits and '._+-' (not '--').")
+    options[key] = value
+  return MethodVariant(name, tuple(sorted(options.items())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +110,18 @@ class RunSpec:
   workdir: str
   argv: tuple[str, ...]  # the arguments of ``python -m mmjax.main``
   num_epochs: int
+  variant: MethodVariant | None = None  # the method with its options; ``method`` alone if None
 
   @property
   def label(self) -> str:
-    return f'{self.method} seed {self.seed}'
+    return f'{self.variant.label if self.variant else self.method} seed {self.seed}'
 
   @property
   def log_path(self) -> str:
-    """``DIR/logs/<method>_seed_<s>.log`` (the run directory is ``DIR/<method>/seed_<s>``)."""
+    """``DIR/logs/<variant>_seed_<s>.log`` (the run directory is ``DIR/<variant>/seed_<s>``)."""
+    directory = self.variant.directory if self.variant else self.method
     return os.path.join(os.path.dirname(os.path.dirname(self.workdir)), LOG_DIR,
-                        f'{self.method}_seed_{self.seed}.log')
+                        f'{directory}_seed_{self.seed}.log')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,40 +182,64 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     raise UserError(f'--processes {args.processes!r} is not an integer; give N >= 1.') from None
   if args.processes < 1:
     raise UserError(f'--processes {args.processes} must be at least 1.')
-  args.methods = parse_list('--methods', args.methods, str)
+  texts = parse_list('--methods', args.methods, str)
+  args.methods, seen = [], {}
+  for text in texts:
+    variant = parse_method(text)
+    if variant.directory in seen:
+      raise UserError(f'--methods: {text!r} is the same method and options as '
+                      f'{seen[variant.directory]!r}; give each once.')
+    seen[variant.directory] = text
+    args.methods.append(variant)
   args.seeds = parse_list('--seeds', args.seeds, int)
   args.devices = parse_list('--devices', args.devices, str) if args.devices.strip() else []
   return args, rest
 
 
-def _with_arguments(config_flag: str, method: str, seed: int) -> str:
-  """``configs/NAME.py:ARGS`` with ``method=M,seed=S`` appended."""
+def _with_arguments(config_flag: str, variant: MethodVariant, seed: int) -> str:
+  """``configs/NAME.py:ARGS`` with ``method=M[,KEY=VALUE...],seed=S`` appended."""
   path, sep, arg = config_flag.partition(':')
   given = {item.partition('=')[0].strip() for item in arg.split(',') if item.strip()}
   for key in ('method', 'seed'):
     if key in given:
       raise UserError(f'--config {config_flag!r} sets {key}=...; mmjax compare sets it per run '
                       f'from --{key}s.')
-  return f'{path}:{arg + "," if sep and arg else ""}method={method},seed={seed}'
+  for key, _ in variant.options:
+    if key in given:
+      raise UserError(f'--config {config_flag!r} and --methods {variant.label!r} both set {key}; '
+                      f'set it in one place.')
+  options = ''.join(f',{k}={v}' for k, v in variant.options)
+  return f'{path}:{arg + "," if sep and arg else ""}method={variant.name}{options},seed={seed}'
+
+
+def _check_options(variant: MethodVariant) -> None:
+  """The method's own check of option names: every key must be one of its scalar options."""
+  valid = methods.scalar_options(variant.name)
+  for key, _ in variant.options:
+    if key not in valid:
+      raise UserError(f'--methods {variant.label!r}: method.{key} is not an option of method '
+                      f'{variant.name!r}; its options are {sorted(valid)}.')
 
 
 def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[RunSpec]:
   """The runs, each one's config loaded and checked (:func:`mmjax.config_lib.validate`)."""
   specs = []
-  for method in args.methods:
+  for variant in args.methods:
     for seed in args.seeds:
-      workdir = os.path.join(args.workdir, method, f'seed_{seed}')
-      argv = ('--config', _with_arguments(args.config, method, seed), '--workdir', workdir,
+      workdir = os.path.join(args.workdir, variant.directory, f'seed_{seed}')
+      argv = ('--config', _with_arguments(args.config, variant, seed), '--workdir', workdir,
               *overrides)
       try:
         config = run_main.parse_flags(argv).config
         config_lib.validate(config)
       except (UserError, ValueError) as e:
-        if method not in methods.METHODS:  # the config file has run: its methods are registered
-          raise UserError(f'--methods: {method!r} is not a method; valid methods are '
+        if variant.name not in methods.METHODS:  # the config file has run: its methods are registered
+          raise UserError(f'--methods: {variant.name!r} is not a method; valid methods are '
                           f'{sorted(methods.METHODS)}.') from e
-        raise UserError(f'{method} seed {seed}: {e}') from e
-      specs.append(RunSpec(method, seed, workdir, argv, config.num_epochs))
+        _check_options(variant)
+        raise UserError(f'{variant.label} seed {seed}: {e}') from e
+      _check_options(variant)
+      specs.append(RunSpec(variant.name, seed, workdir, argv, config.num_epochs, variant))
   return specs
 
 
@@ -239,6 +320,39 @@ def run_all(specs: Sequence[RunSpec], processes: int, devices: Sequence[str] = (
   return outcomes
 
 
+LITERATURE_COLUMN = 'literature test fused'
+
+
+def with_literature(table: report.ComparisonTable, dataset: str) -> tuple[str, str]:
+  """The table as Markdown and CSV with the literature's fused test accuracy for each row's
+  method on ``dataset`` (:func:`mmjax.literature.lookup`; ``—`` where none), and its sources
+  (or why there is none) under the Markdown table."""
+  entries = [literature.lookup(dataset, g['method']) for g in table.groups]
+  lines = table.to_markdown().rstrip('\n').split('\n')
+  rows = len(table.groups)
+  lines[0] += f' {LITERATURE_COLUMN} |'
+  lines[1] += '---|'
+  for i, entry in enumerate(entries):
+    lines[2 + i] += f' {entry.accuracy:.4f} ({entry.short}) |' if entry else ' — |'
+  sources = sorted({e.source for e in entries if e})
+  if sources:
+    notes = [f'Literature: {source}.' for source in sources]
+  else:
+    notes = [f'Literature: — for {dataset}: '
+             f'{literature.NOT_REPORTED.get(dataset, "no number in mmjax.literature.")}']
+  lines = lines[:2 + rows] + [''] + notes + lines[2 + rows:]
+  markdown = '\n'.join(lines) + '\n'
+  reader = list(csv.DictReader(io.StringIO(table.to_csv())))
+  columns = [*(reader[0].keys() if reader else []), 'literature/accuracy', 'literature/source']
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
+  writer.writeheader()
+  for row, entry in zip(reader, entries):
+    writer.writerow({**row, 'literature/accuracy': entry.accuracy if entry else '',
+                     'literature/source': entry.source if entry else ''})
+  return markdown, buffer.getvalue()
+
+
 def compare(argv: Sequence[str]) -> int:
   """Runs ``mmjax compare`` with ``argv``; returns the exit code."""
   try:
@@ -252,12 +366,13 @@ def compare(argv: Sequence[str]) -> int:
   failed = [o for o in outcomes if o.status == 'failed']
   done = [s.workdir for s in specs if is_finished(s.workdir, s.num_epochs)]
   if done:
-    result = report.write_report(report.load_runs(done), os.path.join(args.workdir, REPORT_DIR))
-    table = result['table']
-    for name, text in (('comparison.md', table.to_markdown()), ('comparison.csv', table.to_csv())):
+    runs = report.load_runs(done)
+    result = report.write_report(runs, os.path.join(args.workdir, REPORT_DIR))
+    markdown, csv_text = with_literature(result['table'], runs[0].config['data']['name'])
+    for name, text in (('comparison.md', markdown), ('comparison.csv', csv_text)):
       with open(os.path.join(args.workdir, name), 'w', encoding='utf-8') as f:
         f.write(text)
-    print(table.to_markdown())
+    print(markdown)
     print(f'compare: {len(done)} of {len(specs)} runs in the table: '
           f'{os.path.join(args.workdir, "comparison.md")}; plots and report.md in '
           f'{os.path.join(args.workdir, REPORT_DIR)}', file=sys.stderr)
@@ -269,5 +384,6 @@ def compare(argv: Sequence[str]) -> int:
   return 0
 
 
-__all__ = ['Outcome', 'RunSpec', 'USAGE', 'compare', 'execute', 'is_finished', 'parse_args',
-           'parse_list', 'plan', 'progress_line', 'run_all']
+__all__ = ['LITERATURE_COLUMN', 'MethodVariant', 'Outcome', 'RunSpec', 'USAGE', 'compare', 'execute',
+           'is_finished', 'parse_args', 'parse_list', 'parse_method', 'plan', 'progress_line',
+           'run_all', 'with_literature']

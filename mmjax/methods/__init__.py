@@ -73,10 +73,11 @@ def build_method(config: Mapping[str, Any], heads: Sequence[str], modalities: Se
 # Methods that register themselves (after ``register`` exists).
 from mmjax.methods import ogm_ge  # noqa: E402  pylint: disable=wrong-import-position
 from mmjax.methods import agm  # noqa: E402  pylint: disable=wrong-import-position
+from mmjax.methods import inforeg  # noqa: E402  pylint: disable=wrong-import-position
 from mmjax.methods import mla, mmpareto  # noqa: E402  pylint: disable=wrong-import-position
 from mmjax.methods import pmr  # noqa: E402  pylint: disable=wrong-import-position
 
 __all__ = ['METHODS', 'HostHooks', 'Method', 'StepInfo', 'StepPieces', 'agm', 'build_method',
-           'gblend_fn', 'get_method_class', 'greedy_fn', 'method_config', 'mla', 'mmpareto', 'ogm_ge',
-           'pmr', 'register',
+           'gblend_fn', 'get_method_class', 'greedy_fn', 'inforeg', 'method_config', 'mla',
+           'mmpareto', 'ogm_ge', 'pmr', 'register',
            'scalar_options']
