@@ -75,17 +75,10 @@ def bench(name: str, entry, args, folder: str) -> None:
   dataset = data.get_dataset(config.data, config.seed)
   batch = min(config.batch_size, len(dataset.splits['train']))
   for workers in args.workers:
-    iterator = data.TrainIterator(dataset.splits['train'], batch, seed=0, worker_count=workers)
-    started = time.perf_counter()
-    next(iterator)
-    first = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(args.batches):
-      next(iterator)
-    seconds = time.perf_counter() - started
-    iterator.close()
+    first, examples_per_s = timing.time_train_iterator(dataset.splits['train'], batch, workers,
+                                                       args.batches)
     print(f'pipeline workers={workers}: batch {batch}, first batch {first:.2f} s, then '
-          f'{rate(args.batches * batch, seconds)} examples/s')
+          f'{examples_per_s:,.0f} examples/s')
   if not args.steps:
     return
   step = timing.time_train_step(config, steps=args.steps, warmup=1)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmjax import data
+import timing  # also puts the repository root on sys.path
+
+from mmjax import data  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def write_records(data_dir: str, num_records: int) -> None:
@@ -80,16 +81,8 @@ def main() -> None:
         augment={'image': random_flip}, labels={s: labels for s in ('train', 'val', 'test')})
     print(f"{'workers':>8}{'batch':>7}{'batches':>9}{'first batch s':>15}{'examples/s':>12}")
     for workers in [int(w) for w in args.workers.split(',')]:
-      iterator = data.TrainIterator(dataset.splits['train'], args.batch, seed=0,
-                                    worker_count=workers)
-      started = time.perf_counter()
-      next(iterator)
-      first = time.perf_counter() - started
-      started = time.perf_counter()
-      for _ in range(args.batches):
-        next(iterator)
-      rate = args.batches * args.batch / (time.perf_counter() - started)
-      iterator.close()
+      first, rate = timing.time_train_iterator(dataset.splits['train'], args.batch, workers,
+                                               args.batches)
       print(f'{workers:>8}{args.batch:>7}{args.batches:>9}{first:>15.2f}{rate:>12.0f}')
 
 

@@ -4,6 +4,7 @@ import os
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -33,6 +34,25 @@ def tiny_synthetic_config(method: str = 'vanilla', **arg_kwargs):
   config.progress_bar = False
   return config
 
+
+
+def sgd_synthetic_config(method: str, *, learning_rate: float = 0.1, momentum: float = 0.0,
+                         weight_decay: float | None = None, model: str = 'late_fusion',
+                         **arg_kwargs):
+  """:func:`tiny_synthetic_config` trained with plain SGD (the optimiser of the balancing
+  methods' papers), for tests that recompute a step by hand. ``model='mmtm'`` swaps in the MMTM
+  network over the same encoders, with no MMTM units (``mmtm_stages=()``)."""
+  config = tiny_synthetic_config(method, **arg_kwargs)
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = momentum
+  config.optimizer.learning_rate = learning_rate
+  if weight_decay is not None:
+    config.optimizer.weight_decay = weight_decay
+  if model == 'mmtm':
+    config.model = ml_collections.ConfigDict({
+        'name': 'mmtm', 'encoders': config.model.encoders.to_dict(), 'mmtm_stages': (),
+        'mmtm_ratio': 4, 'dtype': 'float32'})
+  return config
 
 @pytest.fixture
 def tiny_config():

@@ -4,11 +4,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_resume_is_bit_identical, tiny_synthetic_config
+from conftest import (ROOT, assert_resume_is_bit_identical, sgd_synthetic_config,
+                      tiny_synthetic_config)
 from mmjax import main, metrics, train
 from mmjax.methods import METHODS, agm
 from test_user_model import SumOfHeads
@@ -109,15 +109,7 @@ def test_clipping_fires_on_the_fused_weight_and_scales_by_the_global_norm():
 
 
 def _sgd_config(model='late_fusion', **method_options):
-  config = tiny_synthetic_config('agm', **method_options)
-  config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.0
-  config.optimizer.learning_rate = 1.0
-  if model == 'mmtm':
-    config.model = ml_collections.ConfigDict({
-        'name': 'mmtm', 'encoders': config.model.encoders.to_dict(), 'mmtm_stages': (),
-        'mmtm_ratio': 4, 'dtype': 'float32'})
-  return config
+  return sgd_synthetic_config('agm', learning_rate=1.0, model=model, **method_options)
 
 
 def _log_softmax(x):

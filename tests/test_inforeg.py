@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, sgd_synthetic_config, tiny_synthetic_config
 from mmjax import metrics, train
 from mmjax.methods import METHODS, inforeg
 
@@ -71,11 +71,7 @@ def test_proximal_term_pulls_only_the_regulated_encoder():
 
 
 def _sgd_config(**method_options):
-  config = tiny_synthetic_config('inforeg', **method_options)
-  config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.0
-  config.optimizer.learning_rate = 0.1
-  return config
+  return sgd_synthetic_config('inforeg', **method_options)
 
 
 def _softmax(x):

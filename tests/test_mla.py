@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, sgd_synthetic_config, tiny_synthetic_config
 from mmjax import metrics, step, train
 from mmjax.methods import METHODS, mla
 from mmjax.models import groups, shared_head
@@ -57,12 +57,7 @@ def test_projector_update_and_head_gradient_projection_by_hand():
 
 
 def _sgd_config(**method_options):
-  config = tiny_synthetic_config('mla', **method_options)
-  config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 1e-2
-  config.optimizer.learning_rate = 0.1
-  return config
+  return sgd_synthetic_config('mla', momentum=0.9, weight_decay=1e-2, **method_options)
 
 
 @pytest.mark.parametrize('options', [{}, {'inactive_encoders': 'skip', 'projection': 'none'}])

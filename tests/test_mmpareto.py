@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, sgd_synthetic_config, tiny_synthetic_config
 from mmjax import metrics, step, train
 from mmjax.methods import METHODS, mmpareto
 
@@ -79,11 +79,7 @@ def test_encoder_inner_products_read_one_group():
 
 
 def _sgd_config(**method_options):
-  config = tiny_synthetic_config('mmpareto', **method_options)
-  config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.0
-  config.optimizer.learning_rate = 0.1
-  return config
+  return sgd_synthetic_config('mmpareto', **method_options)
 
 
 def _numpy_integrate(g_mm, g_u, a_mm, a_u, gamma):

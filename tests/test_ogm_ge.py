@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_bit_identical, tiny_synthetic_config
+from conftest import assert_resume_is_bit_identical, sgd_synthetic_config, tiny_synthetic_config
 from mmjax import metrics, train
 from mmjax.methods import METHODS, ogm_ge
 
@@ -140,11 +140,7 @@ def test_window_is_inclusive_and_zero_based():
 
 
 def _sgd_config(**method_options):
-  config = tiny_synthetic_config('ogm_ge', **method_options)
-  config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.0
-  config.optimizer.learning_rate = 0.1
-  return config
+  return sgd_synthetic_config('ogm_ge', **method_options)
 
 
 def test_fused_parts_sum_to_fused_logits():

@@ -4,11 +4,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_resume_is_bit_identical, tiny_synthetic_config
+from conftest import (ROOT, assert_resume_is_bit_identical, sgd_synthetic_config,
+                      tiny_synthetic_config)
 from mmjax import main, metrics, train
 from mmjax.methods import METHODS, pmr
 from test_user_model import SumOfHeads
@@ -75,15 +75,7 @@ def test_class_sums_new_and_ema_prototypes():
 
 
 def _sgd_config(model='late_fusion', **method_options):
-  config = tiny_synthetic_config('pmr', **method_options)
-  config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.0
-  config.optimizer.learning_rate = 1.0
-  if model == 'mmtm':
-    config.model = ml_collections.ConfigDict({
-        'name': 'mmtm', 'encoders': config.model.encoders.to_dict(), 'mmtm_stages': (),
-        'mmtm_ratio': 4, 'dtype': 'float32'})
-  return config
+  return sgd_synthetic_config('pmr', learning_rate=1.0, model=model, **method_options)
 
 
 def _encoder_features(trainer, state, inputs, m, train_mode):

@@ -78,7 +78,7 @@ from absl import logging
 from mmjax.context import RunContext
 from mmjax.methods import register
 from mmjax.methods.base import Method, StepInfo
-from mmjax.methods.ogm_ge import in_window
+from mmjax.methods.ogm_ge import in_window, modulation_window
 from mmjax.models import groups
 from mmjax.models.late_fusion import LateFusionClassifier, scale_gradient
 
@@ -214,13 +214,7 @@ class AdaptiveGradientModulation(Method):
           math.isfinite(value) and value >= 0):
         raise ValueError(f'method.{key} = {value!r} must be a finite non-negative number.')
     self.alpha, self.cap, self.grad_clip = (float(cfg[k]) for k in ('alpha', 'cap', 'grad_clip'))
-    self.starts, self.ends = cfg['modulation_starts'], cfg['modulation_ends']
-    for key, value in (('modulation_starts', self.starts), ('modulation_ends', self.ends)):
-      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f'method.{key} = {value!r} must be a non-negative integer (0-based epoch).')
-    if self.ends < self.starts:
-      raise ValueError(f'method.modulation_ends = {self.ends} is before method.modulation_starts '
-                       f'= {self.starts}.')
+    self.starts, self.ends = modulation_window(cfg)
     if len(self.modalities) < 2:
       raise ValueError(f'AGM needs two or more modalities; got {list(self.modalities)}.')
     self.steps_per_epoch = 1

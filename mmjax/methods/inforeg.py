@@ -173,12 +173,11 @@ class InformationAcquisitionRegulation(Method):
 
   def setup(self, ctx: RunContext) -> None:
     model = ctx.model
-    if not isinstance(model, LateFusionClassifier) or model.fused_hidden or (
-        model.fusion == 'sum' and model.fused_dropout):
+    if not (isinstance(model, LateFusionClassifier) and model.has_linear_fused_head):
       raise ValueError(
-          'method inforeg needs the late_fusion model with a linear fused head (no '
-          "model.fused_hidden; fusion 'sum' without fused_dropout): its scores and unimodal "
-          "losses are the fused head's per-modality shares.")
+          'method inforeg needs the late_fusion model with a linear fused head '
+          f"({LateFusionClassifier.LINEAR_FUSED_HEAD}): its scores and unimodal losses are the "
+          "fused head's per-modality shares.")
     self.steps_per_epoch = ctx.steps_per_epoch
     self._parameter_groups = model.parameter_groups
     self._param_shapes = jax.eval_shape(lambda: model.init(

@@ -175,6 +175,19 @@ def modulate_gradients(grads: PyTree, owners: PyTree, coefficients: Mapping[str,
   return jax.tree.unflatten(treedef, out)
 
 
+def modulation_window(cfg: Mapping[str, Any]) -> tuple[int, int]:
+  """``(method.modulation_starts, method.modulation_ends)`` of a method's options, checked: 0-based
+  epochs, inclusive, ``starts <= ends`` (a ``ValueError`` naming the key otherwise)."""
+  starts, ends = cfg['modulation_starts'], cfg['modulation_ends']
+  for key, value in (('modulation_starts', starts), ('modulation_ends', ends)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ValueError(f'method.{key} = {value!r} must be a non-negative integer (0-based epoch).')
+  if ends < starts:
+    raise ValueError(f'method.modulation_ends = {ends} is before method.modulation_starts '
+                     f'= {starts}.')
+  return starts, ends
+
+
 def in_window(epoch: Array | int, starts: int, ends: int) -> Array:
   """Whether 0-based ``epoch`` is in the inclusive modulation window ``[starts, ends]``."""
   epoch = jnp.asarray(epoch)
@@ -204,13 +217,7 @@ class OnTheFlyGradientModulation(Method):
     self.alpha = float(cfg['alpha'])
     if not self.alpha >= 0 or not jnp.isfinite(self.alpha):
       raise ValueError(f'method.alpha = {cfg["alpha"]!r} must be finite and non-negative.')
-    self.starts, self.ends = cfg['modulation_starts'], cfg['modulation_ends']
-    for key, value in (('modulation_starts', self.starts), ('modulation_ends', self.ends)):
-      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f'method.{key} = {value!r} must be a non-negative integer (0-based epoch).')
-    if self.ends < self.starts:
-      raise ValueError(f'method.modulation_ends = {self.ends} is before method.modulation_starts '
-                       f'= {self.starts}.')
+    self.starts, self.ends = modulation_window(cfg)
     choices = {'noise': NOISES, 'score': SCORES, 'modulated_parameters': MODULATED_PARAMETERS,
                'coefficient': COEFFICIENTS}
     for key, valid in choices.items():
@@ -231,11 +238,10 @@ class OnTheFlyGradientModulation(Method):
   def setup(self, ctx: RunContext) -> None:
     if self.score == 'fused_head':
       model = ctx.model
-      if not isinstance(model, LateFusionClassifier) or model.fused_hidden or (
-          model.fusion == 'sum' and model.fused_dropout):
+      if not (isinstance(model, LateFusionClassifier) and model.has_linear_fused_head):
         raise ValueError(
             "method.score = 'fused_head' needs the late_fusion model with a linear fused head "
-            "(no model.fused_hidden; fusion 'sum' without fused_dropout); use "
+            f"({LateFusionClassifier.LINEAR_FUSED_HEAD}); use "
             "method.score = 'unimodal_heads' for this model.")
     if self.noise == 'sgd_diagonal' and ctx.config.batch_size % self.noise_chunks:
       raise ValueError(

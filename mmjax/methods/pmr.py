@@ -91,7 +91,7 @@ from mmjax.context import RunContext
 from mmjax.data.dataset import derive_seed
 from mmjax.methods import register
 from mmjax.methods.base import Method, StepInfo
-from mmjax.methods.ogm_ge import in_window
+from mmjax.methods.ogm_ge import in_window, modulation_window
 from mmjax.models.late_fusion import LateFusionClassifier
 
 Array = jax.Array
@@ -231,14 +231,10 @@ class PrototypicalModalRebalance(Method):
     self.fraction = number('prototype_fraction', 0.0, 1.0)
     if self.fraction == 0:
       raise ValueError('method.prototype_fraction = 0 reads no example; it must be in (0, 1].')
-    for key in ('modulation_starts', 'modulation_ends', 'entropy_epochs'):
-      value = cfg[key]
-      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f'method.{key} = {value!r} must be a non-negative integer.')
-    self.starts, self.ends = cfg['modulation_starts'], cfg['modulation_ends']
-    if self.ends < self.starts:
-      raise ValueError(f'method.modulation_ends = {self.ends} is before method.modulation_starts '
-                       f'= {self.starts}.')
+    self.starts, self.ends = modulation_window(cfg)
+    value = cfg['entropy_epochs']
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ValueError(f'method.entropy_epochs = {value!r} must be a non-negative integer.')
     self.entropy_epochs = cfg['entropy_epochs']
     for key, valid in (('coefficient', COEFFICIENTS), ('prototype_update', PROTOTYPE_UPDATES)):
       if cfg[key] not in valid:

@@ -128,6 +128,15 @@ class LateFusionClassifier(PerModalityHeads, nn.Module):
     check_dtype(self.dtype)
     super().__post_init__()
 
+  #: What :attr:`has_linear_fused_head` needs, in words, for a method's refusal message.
+  LINEAR_FUSED_HEAD = "no model.fused_hidden; fusion 'sum' without fused_dropout"
+
+  @property
+  def has_linear_fused_head(self) -> bool:
+    """Whether the fused logits are a sum of per-modality linear parts (``__call__``
+    with ``decompose_fused`` is exact): no hidden layers, and no dropout under ``'sum'`` fusion."""
+    return not self.fused_hidden and not (self.fusion == 'sum' and self.fused_dropout)
+
   def setup(self):
     dtype = compute_dtype(self.dtype)
     self.head = {h: nn.Dense(self.num_classes, dtype=dtype) for h in self.heads}
