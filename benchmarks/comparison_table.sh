@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 ROOT="${COMPARE_ROOT:-/work/compare_runs}"
-METHODS="${METHODS:-vanilla,uniform,gblend,greedy,ogm_ge,inforeg}"
+METHODS="${METHODS:-vanilla,uniform,gblend,greedy,ogm_ge,agm,pmr,mmpareto,mla,inforeg}"
 CONFIGS="${CONFIGS:-synthetic ucimf cgmnist}"
 SEEDS=0,1,2
 status=0
