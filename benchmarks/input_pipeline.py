@@ -74,6 +74,7 @@ def bench(name: str, entry, args, folder: str) -> None:
   config.data.path = out
   dataset = data.get_dataset(config.data, config.seed)
   batch = min(config.batch_size, len(dataset.splits['train']))
+  config.batch_size = batch  # a small synthetic set: the step consumes what the pipeline makes
   for workers in args.workers:
     first, examples_per_s = timing.time_train_iterator(dataset.splits['train'], batch, workers,
                                                        args.batches)
