@@ -42,14 +42,14 @@ import jax
 Array = jax.Array
 
 # He (fan-out) initialisation of conv kernels, as torchvision's ResNet.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def _flatten(x: Array) -> Array:
   return x.reshape(x.shape[0], -1)
 
 
-def _global_average_pool(x: Array) -> Array:
+def global_average_pool(x: Array) -> Array:
   """Mean over the spatial axes of an NHWC map: ``[B, H, W, C] -> [B, C]``."""
   return x.mean(axis=(1, 2))
 
@@ -172,13 +172,14 @@ class SmallCNN(StagedEncoder):
     self.head = nn.Dense(self.features, dtype=self.dtype)
 
   def pool(self, x: Array) -> Array:
-    return _global_average_pool(x)
+    return global_average_pool(x)
 
 
 
-def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
-  # momentum 0.9 is PyTorch's BatchNorm2d(momentum=0.1); statistics live in 'batch_stats'
-  # (float32: Flax reduces in at least float32 whatever the compute dtype).
+def batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
+  """PyTorch's ``BatchNorm2d`` defaults (its momentum 0.1 is Flax's 0.9, epsilon 1e-5): batch
+  statistics when ``train``, else the running averages in ``'batch_stats'`` (float32: Flax
+  reduces in at least float32 whatever the compute dtype)."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
@@ -189,9 +190,9 @@ class ResNetStem(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init,
+    x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
                 dtype=self.dtype)(x)
-    return nn.relu(_batch_norm(train, self.dtype)(x))
+    return nn.relu(batch_norm(train, self.dtype)(x))
 
 
 class BasicBlock(nn.Module):
@@ -204,15 +205,15 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False,
-                kernel_init=_conv_init, dtype=self.dtype)(x)
-    y = nn.relu(_batch_norm(train, self.dtype)(y))
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init,
+                kernel_init=conv_init, dtype=self.dtype)(x)
+    y = nn.relu(batch_norm(train, self.dtype)(y))
+    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
                 dtype=self.dtype)(y)
-    y = _batch_norm(train, self.dtype)(y)
+    y = batch_norm(train, self.dtype)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False,
-                  kernel_init=_conv_init, dtype=self.dtype)(x)
-      x = _batch_norm(train, self.dtype)(x)
+                  kernel_init=conv_init, dtype=self.dtype)(x)
+      x = batch_norm(train, self.dtype)(x)
     return nn.relu(x + y)
 
 
@@ -273,7 +274,7 @@ class ResNet18(StagedEncoder):
     self.head = nn.Dense(self.features, dtype=self.dtype)
 
   def pool(self, x: Array) -> Array:
-    return _global_average_pool(x)
+    return global_average_pool(x)
 
 
 #: Encoder name -> module class; :func:`mmjax.models.register_encoder` adds to it.

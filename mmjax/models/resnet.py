@@ -56,8 +56,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 
-from mmjax.models.encoders import (ResNetLayer, StagedEncoder, _batch_norm, _conv_init,
-                                   _global_average_pool)
+from mmjax.models.encoders import (ResNetLayer, StagedEncoder, batch_norm, conv_init,
+                                   global_average_pool)
 from mmjax.models.registry import register_encoder
 
 Array = jax.Array
@@ -75,8 +75,8 @@ class ImageNetStem(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     x = nn.Conv(self.features, (7, 7), strides=2, padding=3, use_bias=False,
-                kernel_init=_conv_init, dtype=self.dtype)(x)
-    x = nn.relu(_batch_norm(train, self.dtype)(x))
+                kernel_init=conv_init, dtype=self.dtype)(x)
+    x = nn.relu(batch_norm(train, self.dtype)(x))
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -187,7 +187,7 @@ class ResNet18Spectrogram(_ImageNetResNet18):
   stem_class = SpectrogramStem
 
   def pool(self, x: Array) -> Array:
-    return _global_average_pool(x)
+    return global_average_pool(x)
 
 
 @register_encoder('resnet18_image')
@@ -202,7 +202,7 @@ class ResNet18Image(_ImageNetResNet18):
   stem_class = ImageStem
 
   def pool(self, x: Array) -> Array:
-    return _global_average_pool(x)
+    return global_average_pool(x)
 
 
 @register_encoder('resnet18_frames')
