@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 
-import av
 import numpy as np
 
 #: AudioSet's fbank mean and standard deviation used by OGM-GE's Kinetics-Sounds script (AST).
@@ -52,6 +51,8 @@ def load_audio(path: str, sample_rate: int, *, channel: str | int = 'mean') -> n
   Raises:
     ValueError: the file has no audio stream or no samples; PyAV's errors for unreadable files.
   """
+  # PyAV loads FFmpeg (about 30 ms): imported on first use, not at every `import mmjax`.
+  import av  # pylint: disable=import-outside-toplevel
   with av.open(path) as container:
     if not container.streams.audio:
       raise ValueError(f'{path}: no audio stream.')

@@ -37,7 +37,6 @@ import itertools
 import math
 from typing import Iterable, Iterator
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -63,6 +62,8 @@ def frames_per_second(path: str, size: int, *, seconds: tuple[int, int] | None =
     ValueError: no video stream, an unknown frame rate, or no frame kept; PyAV's errors for
       unreadable files.
   """
+  # PyAV loads FFmpeg (about 30 ms): imported on first use, not at every `import mmjax`.
+  import av  # pylint: disable=import-outside-toplevel
   with av.open(path) as container:
     if not container.streams.video:
       raise ValueError(f'{path}: no video stream.')
@@ -156,6 +157,8 @@ def write_clip(path: str, frames: Iterable[np.ndarray], fps: int | fractions.Fra
   ``synthetic_raw`` (benchmarks) make."""
   frames = iter(frames)
   first = next(frames)
+  # PyAV loads FFmpeg (about 30 ms): imported on first use, not at every `import mmjax`.
+  import av  # pylint: disable=import-outside-toplevel
   with av.open(path, 'w') as container:
     stream = container.add_stream(codec, rate=fps)
     stream.height, stream.width = first.shape[:2]
